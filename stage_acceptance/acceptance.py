@@ -1,0 +1,188 @@
+"""One acceptance run, independent of pytest: choose the source (a live microscope or
+a recording), acquire the session once, analyse, certify, and write the outputs.
+
+The pytest plugin keeps one :class:`AcceptanceRun` per pytest session and exposes it
+through fixtures; everything worth testing lives here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .analysis import Analysis, analyse
+from .certification import Certificate, Check, certify, metric_checks
+from .config import ConfigError, HolderConfig, MicroscopeConfig, load_holder, load_microscope
+from .microscope import Envelope, Microscope
+from .protocols import PROTOCOL_NAMES, build
+from .report import results_json, write_json
+from .session import RecordingWriter, Session, read_recording, run_protocols
+
+
+def open_microscope(config: MicroscopeConfig) -> Microscope:
+    """Open the backend a microscope config names.
+
+    Raises
+    ------
+    ConfigError
+        For a kind this installation cannot drive.
+    """
+    if config.kind == "sim":
+        from .sim.microscope import SimulatedMicroscope
+
+        return SimulatedMicroscope(config)
+    raise ConfigError(
+        f"{config.path}: kind = \"{config.kind}\" needs the ZeroMQ client, which this version does not "
+        f"include yet; use a kind = \"sim\" config or --replay a recording"
+    )
+
+
+def utc_stamp(moment: datetime | None = None) -> str:
+    """``YYYYmmddTHHMMSSZ`` for file names."""
+    return (moment or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+
+
+@dataclass
+class Outputs:
+    """Where a run writes its report, results and recording."""
+
+    html: Path
+    results_json: Path
+    recording: Path | None
+
+
+def default_outputs(reports_dir: Path, microscope: str, stamp: str, *, html: str | None = None,
+                    results: str | None = None, record: str | None = None, replay: bool = False) -> Outputs:
+    """Output paths: ``reports/<microscope>-<UTC time>.html`` and friends unless given."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in microscope)
+    html_path = Path(html) if html else reports_dir / f"{safe}-{stamp}.html"
+    results_path = Path(results) if results else html_path.with_suffix(".json")
+    if record:
+        recording = Path(record)
+    elif replay:
+        recording = None
+    else:
+        recording = reports_dir / f"{safe}-{stamp}-recording"
+    return Outputs(html_path, results_path, recording)
+
+
+class AcceptanceRun:
+    """A live or replayed acceptance run.
+
+    Parameters
+    ----------
+    microscope : str
+        Microscope config name or path (ignored with `replay`).
+    holder : str or None
+        Holder name or path; default: the one the microscope config names, or for a
+        replay the recording's holder if it names a shipped holder file, else
+        ``default``.
+    replay : str or None
+        A recording-v1 folder to analyse instead of moving a stage.
+    outputs : Outputs
+        Report, results and recording paths.
+
+    Raises
+    ------
+    ConfigError, RecordingError
+        For bad input, before anything moves.
+    """
+
+    def __init__(self, microscope: str, holder: str | None, replay: str | None, outputs: Outputs):
+        self.outputs = outputs
+        self.replay = replay
+        self.microscope_config: MicroscopeConfig | None = None
+        self._session: Session | None = None
+        self.analysis: Analysis | None = None
+        self.certificate: Certificate | None = None
+        self.checks: dict[str, Check] | None = None
+        self.error: str | None = None
+        self.started = datetime.now(timezone.utc)
+        if replay:
+            self._session = read_recording(replay)
+            self.microscope_name = self._session.microscope
+            if holder is None:
+                recorded = self._session.holder
+                try:
+                    self.holder: HolderConfig = load_holder(recorded) if recorded else load_holder("default")
+                except ConfigError:
+                    self.holder = load_holder("default")
+            else:
+                self.holder = load_holder(holder)
+        else:
+            self.microscope_config = load_microscope(microscope)
+            self.microscope_name = self.microscope_config.name
+            self.holder = load_holder(holder or self.microscope_config.holder)
+            if outputs.recording is not None and (outputs.recording / "frames.jsonl").exists():
+                raise ConfigError(f"{outputs.recording}: already holds a recording; choose another --record folder")
+
+    @property
+    def source(self) -> str:
+        return "replay" if self.replay else "live"
+
+    @property
+    def session_path(self) -> Path | None:
+        return Path(self.replay) if self.replay else self.outputs.recording
+
+    def session(self, protocol_names=PROTOCOL_NAMES,
+                progress: Callable[[str, int, int], None] | None = None) -> Session:
+        """The session: acquired on the first call (live) or the recording (replay).
+
+        Parameters
+        ----------
+        protocol_names : iterable of str
+            Protocols to run (live only): those the selected tests need.
+        progress : callable, optional
+            ``progress(protocol, done, total)`` while the stage moves.
+        """
+        if self._session is None:
+            config = self.microscope_config
+            microscope = Envelope(open_microscope(config), self.holder.limits)
+            meta = {
+                "microscope": config.name,
+                "holder": self.holder.key,
+                "pixel_size_nm": microscope.pixel_size_nm,
+                "notes": f"stage-acceptance {__version__}; protocols: {', '.join(protocol_names)}",
+            }
+            if config.stage_to_image is not None:
+                meta["stage_to_image"] = {"rotation_deg": config.stage_to_image.rotation_deg,
+                                          "flip_y": config.stage_to_image.flip_y}
+            try:
+                writer = RecordingWriter(self.outputs.recording, meta)
+                self._session = run_protocols(microscope, build(config.protocol, protocol_names), writer,
+                                              settle_s=config.protocol.settle_s, progress=progress)
+            finally:
+                microscope.close()
+        return self._session
+
+    def evaluate(self, progress: Callable[[str], None] | None = None) -> Analysis:
+        """Analyse and certify the session (once)."""
+        if self.analysis is None:
+            self.analysis = analyse(self.session(), progress=progress)
+            self.certificate = certify(self.analysis, self.holder)
+            self.checks = metric_checks(self.analysis, self.holder)
+        return self.analysis
+
+    def instrument_time_s(self) -> float | None:
+        """Instrument time the session took (last frame time), if acquired."""
+        if self._session is None:
+            return None
+        return float(self._session.frames[-1].time_s)
+
+    def results(self, tests: dict[str, int]) -> dict:
+        """The results-v1 document (requires :meth:`evaluate` to have run)."""
+        if self.analysis is None:
+            raise RuntimeError("evaluate() first")
+        return results_json(
+            self.analysis, self.certificate, self.checks,
+            microscope=self.microscope_name, holder=self.holder.key, source=self.source,
+            session_path=str(self.session_path), tests=tests,
+            extra={"holder_name": self.holder.name, "date_utc": self.started.isoformat(timespec="seconds"),
+                   "instrument_time_s": self.instrument_time_s(), "stage_acceptance_version": __version__},
+        )
+
+    def write_results(self, tests: dict[str, int]) -> Path:
+        return write_json(self.results(tests), self.outputs.results_json)

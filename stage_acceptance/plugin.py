@@ -1,0 +1,233 @@
+"""pytest plugin: command-line options, session fixtures and pytest-html hooks.
+
+Thin glue (labgrid style): the options become one
+:class:`~stage_acceptance.acceptance.AcceptanceRun` kept in ``config.stash``; the
+fixtures hand its session, analysis and certificate to the suites; the hooks count
+test outcomes, write the results JSON and put the certificate at the top of the
+HTML report. The plugin is active for runs that collect the acceptance suites (a
+path inside a ``suites`` folder) or that give ``--replay``, ``--record`` or
+``--results-json``; ``pytest`` on the framework's own tests leaves it idle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .acceptance import AcceptanceRun, default_outputs, utc_stamp
+from .config import ConfigError
+from .protocols import FAMILIES, PROTOCOL_NAMES, protocols_for_families
+from .report import all_figures, certificate_html, png_base64
+from .session import RecordingError
+
+RUN_KEY = pytest.StashKey[AcceptanceRun]()
+HOOKS_KEY = pytest.StashKey["_RunHooks"]()
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("stage-acceptance", "stage acceptance (Fiedler et al. 2023 framework)")
+    group.addoption("--microscope", default="sim", metavar="NAME|PATH",
+                    help="microscope config: a name under fixtures/microscopes/ or a TOML path (default: sim)")
+    group.addoption("--holder", default=None, metavar="NAME|PATH",
+                    help="holder tolerance file: a name under fixtures/holders/ or a TOML path "
+                         "(default: the holder the microscope config names)")
+    group.addoption("--replay", default=None, metavar="DIR",
+                    help="analyse this recording-v1 folder instead of moving a stage")
+    group.addoption("--record", default=None, metavar="DIR",
+                    help="write the session recording here (default: reports/<microscope>-<UTC time>-recording/)")
+    group.addoption("--results-json", default=None, metavar="PATH",
+                    help="write the results JSON here (default: next to the HTML report)")
+
+
+def _is_acceptance_run(config) -> bool:
+    opts = config.option
+    if opts.replay or opts.record or opts.results_json:
+        return True
+    for arg in config.args:
+        path = Path(str(arg).split("::", 1)[0])
+        if "suites" in path.parts or path.resolve().name == "suites" or "suites" in path.resolve().parts:
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    for family in FAMILIES:
+        config.addinivalue_line("markers", f"{family}: stage-acceptance test family '{family}'")
+    if not _is_acceptance_run(config):
+        return
+    opts = config.option
+    stamp = utc_stamp()
+    reports_dir = Path(config.rootpath) / "reports"
+    # pytest-html reads these options in its own pytest_configure, which runs after this one.
+    if hasattr(opts, "htmlpath"):
+        name = "replay" if opts.replay else Path(str(opts.microscope)).stem
+        if not opts.htmlpath:
+            opts.htmlpath = str(default_outputs(reports_dir, name, stamp).html)
+        opts.self_contained_html = True
+    try:
+        probe_name = "replay" if opts.replay else Path(str(opts.microscope)).stem
+        outputs = default_outputs(reports_dir, probe_name, stamp, html=getattr(opts, "htmlpath", None),
+                                  results=opts.results_json, record=opts.record, replay=bool(opts.replay))
+        run = AcceptanceRun(opts.microscope, opts.holder, opts.replay, outputs)
+    except (ConfigError, RecordingError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[RUN_KEY] = run
+    hooks = _RunHooks(config, run)
+    config.stash[HOOKS_KEY] = hooks
+    config.pluginmanager.register(hooks, "stage-acceptance-run")
+
+
+def _run(config) -> AcceptanceRun:
+    run = config.stash.get(RUN_KEY, None)
+    if run is None:
+        raise pytest.UsageError("stage-acceptance fixtures need an acceptance run: run the suites as "
+                                "`pytest suites/` (or give --replay DIR)")
+    return run
+
+
+def _progress(config):
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return lambda name, done, total: None, lambda message: None
+
+    def write(text: str, rewrite: bool = False) -> None:
+        def emit():
+            if rewrite and reporter.isatty():
+                reporter.rewrite(text, erase=True)
+            elif not rewrite:
+                reporter.write_line(text)
+
+        if capture is not None:
+            with capture.global_and_fixture_disabled():
+                emit()
+        else:
+            emit()
+
+    def on_frame(name: str, done: int, total: int) -> None:
+        if done == 0:
+            write("")
+            write(f"stage-acceptance: {name}: moving the stage, {total} frames", rewrite=False)
+        elif done < total:
+            write(f"  {name}: frame {done}/{total}", rewrite=True)
+        else:
+            write(f"  {name}: {total}/{total} frames done", rewrite=reporter.isatty())
+            if reporter.isatty():
+                write("")
+
+    def on_stage(message: str) -> None:
+        write(f"stage-acceptance: {message}")
+
+    return on_frame, on_stage
+
+
+@pytest.fixture(scope="session")
+def acceptance_run(request) -> AcceptanceRun:
+    """The acceptance run of this pytest session (options resolved, nothing acquired yet)."""
+    return _run(request.config)
+
+
+@pytest.fixture(scope="session")
+def stage_analysis(request, acceptance_run):
+    """The analysed session: acquired once (only the protocols the selected tests need)."""
+    config = request.config
+    families = config.stash[HOOKS_KEY].families or set(FAMILIES)
+    names = protocols_for_families(families) or PROTOCOL_NAMES
+    on_frame, on_stage = _progress(config)
+    acceptance_run.session(names, progress=on_frame)
+    return acceptance_run.evaluate(progress=on_stage)
+
+
+@pytest.fixture(scope="session")
+def stage_certificate(acceptance_run, stage_analysis):
+    """The certificate (case a-f, accepted or not, reasons)."""
+    return acceptance_run.certificate
+
+
+@pytest.fixture(scope="session")
+def stage_checks(acceptance_run, stage_analysis):
+    """Every metric against the holder tolerance, keyed ``x.backlash_nm`` etc."""
+    return acceptance_run.checks
+
+
+@pytest.fixture(scope="session")
+def stage_figures(stage_analysis):
+    """PNG figures of the session, keyed by name (``hysteresis-x``, ``cross``, ...)."""
+    return all_figures(stage_analysis)
+
+
+@pytest.fixture
+def attach_figure(extras, stage_figures):
+    """``attach_figure(name)`` attaches a session figure to this test in the HTML report."""
+    import pytest_html
+
+    def attach(name: str) -> None:
+        png = stage_figures.get(name)
+        if png is not None:
+            extras.append(pytest_html.extras.png(png_base64(png), name=name))
+
+    return attach
+
+
+class _RunHooks:
+    """Hooks that only an acceptance run needs; registered by pytest_configure."""
+
+    def __init__(self, config, run: AcceptanceRun):
+        self.config = config
+        self.run = run
+        self.families: set[str] = set()
+        self.tests = {"passed": 0, "failed": 0, "skipped": 0}
+        self.results_path: Path | None = None
+
+    def pytest_collection_modifyitems(self, session, config, items):
+        for item in items:
+            for family in FAMILIES:
+                if item.get_closest_marker(family) is not None:
+                    self.families.add(family)
+
+    def pytest_runtest_logreport(self, report):
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            if report.passed:
+                self.tests["passed"] += 1
+            elif report.skipped:
+                self.tests["skipped"] += 1
+            else:
+                self.tests["failed"] += 1
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if self.run.analysis is not None:
+            self.results_path = self.run.write_results(self.tests)
+
+    def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
+        run = self.run
+        if run.certificate is None:
+            return
+        cert = run.certificate
+        terminalreporter.section("stage acceptance")
+        verdict = "ACCEPTED" if cert.accepted else "NOT ACCEPTED"
+        terminalreporter.write_line(f"{run.microscope_name} with holder '{run.holder.key}': "
+                                    f"case {cert.case} ({cert.title}): {verdict}")
+        for reason in cert.reasons:
+            terminalreporter.write_line(f"  - {reason}")
+        if self.results_path:
+            terminalreporter.write_line(f"results JSON: {self.results_path}")
+        if run.session_path:
+            terminalreporter.write_line(f"session recording: {run.session_path}")
+
+    def pytest_html_report_title(self, report):
+        report.title = f"Stage acceptance: {self.run.microscope_name}"
+
+    def pytest_html_results_summary(self, prefix, summary, postfix, session):
+        run = self.run
+        if run.certificate is None:
+            return
+        prefix.append(certificate_html(
+            run.certificate, run.checks, microscope=run.microscope_name,
+            holder=f"{run.holder.name} ({run.holder.key})",
+            date_utc=run.started.strftime("%Y-%m-%d %H:%M:%S"), source=run.source,
+            session_path=str(run.session_path),
+            results_path=str(self.results_path) if self.results_path else None,
+            instrument_time_s=run.instrument_time_s(), figures=all_figures(run.analysis),
+        ))
