@@ -1,0 +1,43 @@
+"""Helpers for the framework's own tests: run the simulated pipeline without pytest's plugin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stage_acceptance.analysis import analyse
+from stage_acceptance.certification import certify
+from stage_acceptance.config import MicroscopeConfig, load_holder, load_microscope
+from stage_acceptance.microscope import Envelope
+from stage_acceptance.protocols import PROTOCOL_NAMES, build
+from stage_acceptance.session import RecordingWriter, run_protocols
+from stage_acceptance.sim.microscope import SimulatedMicroscope
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def record_sim(config: MicroscopeConfig, directory: Path, protocols=PROTOCOL_NAMES, holder="default"):
+    """Run `protocols` on the simulated microscope of `config`; return (session, microscope)."""
+    microscope = SimulatedMicroscope(config)
+    meta = {"microscope": config.name, "holder": holder, "pixel_size_nm": config.pixel_size_nm}
+    if config.stage_to_image is not None:
+        meta["stage_to_image"] = {"rotation_deg": config.stage_to_image.rotation_deg,
+                                  "flip_y": config.stage_to_image.flip_y}
+    writer = RecordingWriter(directory, meta)
+    envelope = Envelope(microscope, load_holder(holder).limits)
+    session = run_protocols(envelope, build(config.protocol, protocols), writer)
+    return session, microscope
+
+
+def certify_sim(config: MicroscopeConfig, directory: Path, holder="default"):
+    """Record, analyse and certify; return (analysis, certificate, microscope)."""
+    session, microscope = record_sim(config, directory, holder=holder)
+    analysis = analyse(session)
+    return analysis, certify(analysis, load_holder(holder)), microscope
+
+
+@pytest.fixture
+def case_config():
+    """``case_config("a")`` loads tests/configs/case-a.toml."""
+    return lambda letter: load_microscope(CONFIGS / f"case-{letter}.toml")
