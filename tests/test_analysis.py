@@ -1,0 +1,157 @@
+"""The maths of results-v1 on plain arrays: lost motion, coupling, rotation, repeatability, drift."""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings, strategies as st
+
+from stage_acceptance.analysis import (
+    classify_steps, coupling, drift_velocity_nm_per_min, estimate_stage_to_image, lost_motion,
+    pair_rms_nm, repeatability_nm, step_axis,
+)
+from stage_acceptance.config import SimConfig
+from stage_acceptance.geometry import StagePosition, StageToImage, stage_nm_to_image_px
+from stage_acceptance.sim.stage import SimulatedStage
+
+
+def walk(step_nm, pattern):
+    """Targets of a walk along x: pattern of +1/-1 steps."""
+    positions = np.concatenate([[0.0], np.cumsum(np.array(pattern) * step_nm)])
+    return positions
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    backlash=st.floats(0.0, 300.0),
+    scale=st.floats(-0.05, 0.05),
+    step=st.floats(400.0, 3000.0),
+    pattern=st.lists(st.sampled_from([1, -1]), min_size=6, max_size=30),
+)
+def test_lost_motion_recovers_the_dead_band_and_scale_of_a_noiseless_stage(backlash, scale, step, pattern):
+    assume(step * (1 - 0.05) > backlash)  # every step moves the load
+    targets = walk(step, [1, 1] + pattern)  # two steps up first: the history is known
+    assume(len(set(np.sign(np.diff(targets)))) == 2)  # at least one reversal
+    stage = SimulatedStage(SimConfig(backlash_nm=(backlash, 0.0), scale_error=(scale, 0.0), step_noise_nm=0.0,
+                                     reported_noise_nm=0.0), np.random.default_rng(0))
+    actual = []
+    for x in targets:
+        stage.move_to(StagePosition(x_nm=x))
+        actual.append(stage.actual(0.0).x_nm)
+    d_t, d_a = np.diff(targets), np.diff(actual)
+    axis = np.zeros(len(d_t), dtype=int)
+    kind = classify_steps(axis, np.sign(d_t).astype(int))
+    assume(np.any(kind == "plain") and np.any(kind == "reversal"))
+    result = lost_motion(d_t, d_a, kind)
+    assert result.backlash_nm == pytest.approx(backlash, abs=1e-6)
+    assert result.scale_error == pytest.approx(scale, abs=1e-9)
+    if result.step_scatter_nm is not None:
+        assert result.step_scatter_nm == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lost_motion_worked_example():
+    # plain steps 1000 -> 990 (L = 10), reversal -1000 -> -900 (L = 100): backlash 90
+    d_t = np.array([1000.0, 1000.0, -1000.0, -1000.0])
+    d_a = np.array([990.0, 990.0, -900.0, -990.0])
+    kind = np.array(["first", "plain", "reversal", "plain"])
+    result = lost_motion(d_t, d_a, kind)
+    assert result.backlash_nm == pytest.approx(90.0)
+    assert result.scale_error == pytest.approx(-0.01)
+    assert result.step_scatter_nm == pytest.approx(0.0)
+    assert (result.reversal_steps, result.plain_steps) == (1, 2)
+
+
+def test_lost_motion_without_reversals_has_no_backlash():
+    result = lost_motion(np.array([1.0, 1.0, 1.0]), np.array([1.0, 1.1, 0.9]), np.array(["first", "plain", "plain"]))
+    assert result.backlash_nm is None and result.scale_error == pytest.approx(0.0)
+
+
+def test_classify_steps_per_axis_memory():
+    # x+, y+, x+, x-, y+, y-, none, x-
+    axis = np.array([0, 1, 0, 0, 1, 1, -1, 0])
+    direction = np.array([1, 1, 1, -1, 1, -1, 0, -1])
+    assert list(classify_steps(axis, direction)) == [
+        "first", "first", "plain", "reversal", "plain", "reversal", "other", "plain"]
+
+
+@pytest.mark.parametrize(
+    "delta, expected",
+    [
+        ((1000.0, 0.0, 0.0), (0, 1)),
+        ((-1000.0, 100.0, 0.0), (0, -1)),
+        ((-1000.0, 100.1, 0.0), (-1, 0)),
+        ((5.0, -300.0, 0.0), (1, -1)),
+        ((0.0, 0.0, 0.0), (-1, 0)),
+        ((1000.0, 0.0, 500.0), (-1, 0)),
+    ],
+)
+def test_step_axis_ten_percent_rule(delta, expected):
+    assert step_axis(np.array(delta)) == expected
+
+
+def test_a_tilting_step_is_along_no_axis():
+    assert step_axis(np.array([1000.0, 0.0, 0.0]), np.array([1.0, 0.0])) == (-1, 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rotation=st.floats(-179.0, 179.0), flip=st.booleans(), pixel=st.floats(0.5, 20.0),
+       seed=st.integers(0, 2**32 - 1))
+def test_rotation_and_flip_are_recovered_from_moves(rotation, flip, pixel, seed):
+    rng = np.random.default_rng(seed)
+    moves = np.vstack([np.array([[1000.0, 0.0], [0.0, 1000.0], [-1000.0, 0.0], [0.0, -1000.0]]),
+                       rng.normal(0, 800, size=(6, 2))])
+    truth = StageToImage(rotation, flip)
+    shifts = stage_nm_to_image_px(moves, pixel, truth) + rng.normal(0, 0.05, size=moves.shape)
+    estimate = estimate_stage_to_image(moves, shifts, pixel)
+    assert estimate.flip_y == flip
+    assert abs((estimate.rotation_deg - rotation + 180) % 360 - 180) < 0.1
+
+
+def test_rotation_needs_two_directions():
+    moves = np.array([[1000.0, 0.0], [-1000.0, 0.0]])
+    with pytest.raises(ValueError, match="parallel"):
+        estimate_stage_to_image(moves, moves / 10, 10.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(x_to_y=st.floats(-0.05, 0.05), y_to_x=st.floats(-0.05, 0.05), sx=st.floats(-0.05, 0.05))
+def test_coupling_slopes_and_skew(x_to_y, y_to_x, sx):
+    d_t = np.array([[1000.0, 0], [1000.0, 0], [-1000.0, 0], [0, 1000.0], [0, -1000.0], [0, -1000.0]])
+    transfer = np.array([[1 + sx, y_to_x], [x_to_y, 1.0]])
+    d_a = d_t @ transfer.T
+    axis = np.array([0, 0, 0, 1, 1, 1])
+    result = coupling(d_t, d_a, axis)
+    assert result.x_to_y == pytest.approx(x_to_y, abs=1e-12)
+    assert result.y_to_x == pytest.approx(y_to_x, abs=1e-12)
+    expected = np.degrees(np.arccos(np.dot(transfer[:, 0], transfer[:, 1])
+                                    / np.linalg.norm(transfer[:, 0]) / np.linalg.norm(transfer[:, 1]))) - 90
+    assert result.skew_deg == pytest.approx(expected, abs=1e-9)
+
+
+def test_skew_does_not_depend_on_a_rotation_of_the_measurements():
+    d_t = np.array([[1000.0, 0], [-1000.0, 0], [0, 1000.0], [0, -1000.0]])
+    d_a = d_t @ np.array([[1.0, 0.01], [0.004, 1.0]]).T
+    axis = np.array([0, 0, 1, 1])
+    theta = np.radians(23.0)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    assert coupling(d_t, d_a @ rot.T, axis).skew_deg == pytest.approx(coupling(d_t, d_a, axis).skew_deg)
+
+
+def test_pair_rms_skips_unmeasured_steps():
+    ref = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 0.0]])
+    meas = np.array([[3.0, 4.0], [np.nan, np.nan], [0.0, 0.0]])
+    assert pair_rms_nm(ref, meas) == pytest.approx(np.sqrt(25 / 2))
+
+
+def test_repeatability_is_four_sigma_of_the_worst_target():
+    deviations = [np.array([0.0, 1.0, 2.0]), np.array([0.0, 10.0])]
+    assert repeatability_nm(deviations) == pytest.approx(4 * np.std([0.0, 10.0], ddof=1))
+    assert repeatability_nm([np.array([0.0])]) is None
+
+
+@given(vx=st.floats(-20, 20), vy=st.floats(-20, 20), offset=st.floats(-100, 100))
+def test_drift_velocity_is_pooled_over_runs(vx, vy, offset):
+    t1, t2 = np.array([0.0, 30.0, 60.0]), np.array([200.0, 230.0])
+    v = np.array([vx, vy]) / 60.0
+    p1 = t1[:, None] * v
+    p2 = t2[:, None] * v + offset
+    velocity = drift_velocity_nm_per_min([t1, t2], [p1, p2])
+    np.testing.assert_allclose(velocity, [vx, vy], atol=1e-9)
