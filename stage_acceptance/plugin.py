@@ -59,7 +59,7 @@ def pytest_configure(config):
         return
     opts = config.option
     stamp = utc_stamp()
-    reports_dir = Path(config.rootpath) / "reports"
+    reports_dir = Path(config.invocation_params.dir) / "reports"
     # pytest-html reads these options in its own pytest_configure, which runs after this one.
     if hasattr(opts, "htmlpath"):
         name = "replay" if opts.replay else Path(str(opts.microscope)).stem
@@ -181,8 +181,8 @@ class _RunHooks:
         self.tests = {"passed": 0, "failed": 0, "skipped": 0}
         self.results_path: Path | None = None
 
-    def pytest_collection_modifyitems(self, session, config, items):
-        for item in items:
+    def pytest_collection_finish(self, session):
+        for item in session.items:  # after -m / -k deselection
             for family in FAMILIES:
                 if item.get_closest_marker(family) is not None:
                     self.families.add(family)

@@ -15,6 +15,9 @@ from stage_acceptance.session import RecordingWriter, run_protocols
 from stage_acceptance.sim.microscope import SimulatedMicroscope
 
 CONFIGS = Path(__file__).parent / "configs"
+SUITES = Path(__file__).parent.parent / "suites"
+
+pytest_plugins = ["pytester"]
 
 
 def record_sim(config: MicroscopeConfig, directory: Path, protocols=PROTOCOL_NAMES, holder="default"):

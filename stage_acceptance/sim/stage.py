@@ -11,7 +11,8 @@ band (classic backlash):
 * the goniometer's arcs couple the axes: ``A_x = p_x + y_to_x * T_y`` and
   ``A_y = p_y + x_to_y * T_x``;
 * every landing is off by an independent ``N(0, step_noise_nm)`` per axis (so a step,
-  the difference of two landings, scatters by ``sqrt(2) * step_noise_nm``);
+  the difference of two landings, scatters by ``sqrt(2) * step_noise_nm``); a command
+  to the target the stage already has does not move it;
 * the specimen drifts at ``drift_nm_per_min`` relative to the column.
 
 The reported position is the target, the actual position, or the target scaled by
@@ -67,8 +68,15 @@ class SimulatedStage:
         self._reported = StagePosition()
 
     def move_to(self, target: StagePosition) -> None:
-        """Execute a move command: update motor, load, landing error and readback."""
+        """Execute a move command: update motor, load, landing error and readback.
+
+        A command to the position the stage was last sent to does not move it (the
+        landing error stays); only the readback is taken again.
+        """
         state = self.state
+        if target == state.target:
+            self._reported = self._readback(target)
+            return
         motor = (1.0 + self.scale_error) * target.xy_nm()
         half_band = self.backlash_nm / 2.0
         load = state.load_nm.copy()
