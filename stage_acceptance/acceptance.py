@@ -18,7 +18,7 @@ from .certification import Certificate, Check, certify, metric_checks
 from .config import ConfigError, HolderConfig, MicroscopeConfig, load_holder, load_microscope
 from .microscope import Envelope, Microscope
 from .protocols import PROTOCOL_NAMES, build
-from .report import results_json, write_json
+from .report import all_figures, results_json, write_json
 from .session import RecordingWriter, Session, read_recording, run_protocols
 
 
@@ -82,8 +82,10 @@ class AcceptanceRun:
         ``default``.
     replay : str or None
         A recording-v1 folder to analyse instead of moving a stage.
-    outputs : Outputs
-        Report, results and recording paths.
+    reports_dir : Path
+        Folder of the default outputs.
+    html, results, record : str or None
+        Paths given on the command line (see :func:`default_outputs`).
 
     Raises
     ------
@@ -91,15 +93,15 @@ class AcceptanceRun:
         For bad input, before anything moves.
     """
 
-    def __init__(self, microscope: str, holder: str | None, replay: str | None, outputs: Outputs):
-        self.outputs = outputs
+    def __init__(self, microscope: str, holder: str | None, replay: str | None, *, reports_dir: Path,
+                 html: str | None = None, results: str | None = None, record: str | None = None):
         self.replay = replay
         self.microscope_config: MicroscopeConfig | None = None
         self._session: Session | None = None
         self.analysis: Analysis | None = None
         self.certificate: Certificate | None = None
         self.checks: dict[str, Check] | None = None
-        self.error: str | None = None
+        self._figures: dict[str, bytes] | None = None
         self.started = datetime.now(timezone.utc)
         if replay:
             self._session = read_recording(replay)
@@ -116,8 +118,10 @@ class AcceptanceRun:
             self.microscope_config = load_microscope(microscope)
             self.microscope_name = self.microscope_config.name
             self.holder = load_holder(holder or self.microscope_config.holder)
-            if outputs.recording is not None and (outputs.recording / "frames.jsonl").exists():
-                raise ConfigError(f"{outputs.recording}: already holds a recording; choose another --record folder")
+        self.outputs = default_outputs(reports_dir, self.microscope_name, utc_stamp(self.started), html=html,
+                                       results=results, record=record, replay=bool(replay))
+        if self.outputs.recording is not None and (self.outputs.recording / "frames.jsonl").exists():
+            raise ConfigError(f"{self.outputs.recording}: already holds a recording; choose another --record folder")
 
     @property
     def source(self) -> str:
@@ -165,6 +169,14 @@ class AcceptanceRun:
             self.certificate = certify(self.analysis, self.holder)
             self.checks = metric_checks(self.analysis, self.holder)
         return self.analysis
+
+    def figures(self) -> dict[str, bytes]:
+        """The report's PNG figures, drawn once (requires :meth:`evaluate`)."""
+        if self.analysis is None:
+            raise RuntimeError("evaluate() first")
+        if self._figures is None:
+            self._figures = all_figures(self.analysis)
+        return self._figures
 
     def instrument_time_s(self) -> float | None:
         """Instrument time the session took (last frame time), if acquired."""

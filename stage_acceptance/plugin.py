@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from .acceptance import AcceptanceRun, default_outputs, utc_stamp
+from .acceptance import AcceptanceRun
 from .config import ConfigError
 from .protocols import FAMILIES, PROTOCOL_NAMES, protocols_for_families
-from .report import all_figures, certificate_html, png_base64
+from .report import certificate_html, png_base64
 from .session import RecordingError
 
 RUN_KEY = pytest.StashKey[AcceptanceRun]()
@@ -58,21 +58,16 @@ def pytest_configure(config):
     if not _is_acceptance_run(config):
         return
     opts = config.option
-    stamp = utc_stamp()
-    reports_dir = Path(config.invocation_params.dir) / "reports"
-    # pytest-html reads these options in its own pytest_configure, which runs after this one.
-    if hasattr(opts, "htmlpath"):
-        name = "replay" if opts.replay else Path(str(opts.microscope)).stem
-        if not opts.htmlpath:
-            opts.htmlpath = str(default_outputs(reports_dir, name, stamp).html)
-        opts.self_contained_html = True
     try:
-        probe_name = "replay" if opts.replay else Path(str(opts.microscope)).stem
-        outputs = default_outputs(reports_dir, probe_name, stamp, html=getattr(opts, "htmlpath", None),
-                                  results=opts.results_json, record=opts.record, replay=bool(opts.replay))
-        run = AcceptanceRun(opts.microscope, opts.holder, opts.replay, outputs)
+        run = AcceptanceRun(opts.microscope, opts.holder, opts.replay,
+                            reports_dir=Path(config.invocation_params.dir) / "reports",
+                            html=getattr(opts, "htmlpath", None), results=opts.results_json, record=opts.record)
     except (ConfigError, RecordingError) as exc:
         raise pytest.UsageError(str(exc)) from None
+    # pytest-html reads these options in its own pytest_configure, which runs after this one.
+    if hasattr(opts, "htmlpath"):
+        opts.htmlpath = str(run.outputs.html)
+        opts.self_contained_html = True
     config.stash[RUN_KEY] = run
     hooks = _RunHooks(config, run)
     config.stash[HOOKS_KEY] = hooks
@@ -153,9 +148,9 @@ def stage_checks(acceptance_run, stage_analysis):
 
 
 @pytest.fixture(scope="session")
-def stage_figures(stage_analysis):
+def stage_figures(acceptance_run, stage_analysis):
     """PNG figures of the session, keyed by name (``hysteresis-x``, ``cross``, ...)."""
-    return all_figures(stage_analysis)
+    return acceptance_run.figures()
 
 
 @pytest.fixture
@@ -229,5 +224,5 @@ class _RunHooks:
             date_utc=run.started.strftime("%Y-%m-%d %H:%M:%S"), source=run.source,
             session_path=str(run.session_path),
             results_path=str(self.results_path) if self.results_path else None,
-            instrument_time_s=run.instrument_time_s(), figures=all_figures(run.analysis),
+            instrument_time_s=run.instrument_time_s(), figures=run.figures(),
         ))

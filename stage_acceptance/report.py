@@ -186,7 +186,13 @@ def figure_hysteresis(analysis: Analysis, axis: str) -> bytes | None:
 
 
 def figure_cross(analysis: Analysis) -> bytes | None:
-    """Figure 4 of the paper: target, reported and actual paths of the cross, as PNG."""
+    """Figure 4 of the paper, as PNG.
+
+    Left: target, reported and actual paths of the cross. Right: the errors that are
+    too small to see on the left, reported - target and actual - target per frame,
+    with the four arms marked; actual positions are chained from the first frame of
+    the cross, so the last point shows how far out-and-back fails to return.
+    """
     frames = _frames_of(analysis, "cross")
     if len(frames) == 0:
         return None
@@ -195,7 +201,7 @@ def figure_cross(analysis: Analysis) -> bytes | None:
     reported = session.reported_nm()[frames, :2]
     actual = analysis.actual_positions_nm[frames]
     actual = actual - actual[0] + target[0]
-    fig, ax = plt.subplots(figsize=(5.2, 5.2))
+    fig, (ax, ax_err) = plt.subplots(1, 2, figsize=(11.5, 4.8), gridspec_kw={"width_ratios": [1, 1.4]})
     ax.plot(*target.T, "-", color=_COLOURS["target"], lw=1, marker="+", ms=8, label="target")
     ax.plot(*reported.T, "-", color=_COLOURS["reported"], lw=1, marker="o", ms=3, label="reported")
     ax.plot(*actual.T, "-", color=_COLOURS["actual"], lw=1, marker="s", ms=3, label="actual")
@@ -203,9 +209,27 @@ def figure_cross(analysis: Analysis) -> bytes | None:
     ax.set_aspect("equal")
     ax.set_xlabel("x (nm)")
     ax.set_ylabel("y (nm)")
-    ax.set_title("Cross (Figure 4 style): out and back along each direction")
+    ax.set_title("Cross (Figure 4 style): paths", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
+
+    index = np.arange(len(frames))
+    for k, (axis, style) in enumerate((("x", "-"), ("y", "--"))):
+        ax_err.plot(index, reported[:, k] - target[:, k], style, color=_COLOURS["reported"], marker="o", ms=3,
+                    label=f"reported - target, {axis}")
+        ax_err.plot(index, actual[:, k] - target[:, k], style, color=_COLOURS["actual"], marker="s", ms=3,
+                    label=f"actual - target, {axis}")
+    arm = (len(frames) - 1) // 4
+    if arm > 0:
+        for j, name in enumerate(("+x", "-x", "+y", "-y")):
+            ax_err.axvline(j * arm, color="0.8", lw=0.8)
+            ax_err.text(j * arm + arm / 2, 1.0, name, transform=ax_err.get_xaxis_transform(), ha="center",
+                        va="bottom", fontsize=9)
+    ax_err.axhline(0, color="0.6", lw=0.8)
+    ax_err.set_xlabel("frame of the cross")
+    ax_err.set_ylabel("error (nm)")
+    ax_err.legend(fontsize=7, loc="best")
+    ax_err.grid(alpha=0.3)
     return _png(fig)
 
 
@@ -375,13 +399,13 @@ def certificate_html(certificate: Certificate, checks: dict[str, Check], *, micr
     minutes = "" if instrument_time_s is None else f"<br>Instrument time of the session: {instrument_time_s / 60:.1f} min"
     results = "" if results_path is None else f"<br>Results JSON: <code>{e(results_path)}</code>"
     return f"""
-<div id="stage-acceptance-certificate" style="border:3px solid {colour};padding:12px;margin:8px 0">
+<div id="stage-acceptance-certificate" style="border:3px solid {colour};padding:12px;margin:8px 0;color:#111">
 <h2 style="margin-top:0">Case {e(certificate.case)}: {e(certificate.title)}
  &mdash; <span style="color:{colour}">{verdict}</span></h2>
 <p><b>{e(certificate.meaning)}</b></p>
 <p>Instrument: <b>{e(microscope)}</b> &middot; Holder: <b>{e(holder)}</b> &middot; Date (UTC): {e(date_utc)}
  &middot; Source: {e(source)}<br>Session recording: <code>{e(session_path)}</code>{results}{minutes}</p>
-<ul>{reasons}</ul>
+<ul style="color:#111">{reasons}</ul>
 <h3>Position pairs</h3>
 <table border="1" cellpadding="3" style="border-collapse:collapse">
 <tr><th>pair</th><th>RMS per step</th><th>agree</th><th>consistent</th></tr>{''.join(pair_rows)}</table>
