@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from stage_acceptance.analysis import analyse
 from stage_acceptance.certification import certify
@@ -18,6 +20,11 @@ CONFIGS = Path(__file__).parent / "configs"
 SUITES = Path(__file__).parent.parent / "suites"
 
 pytest_plugins = ["pytester"]
+
+# CI explores the same examples on every run (reproducible); developers' runs explore anew.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def record_sim(config: MicroscopeConfig, directory: Path, protocols=PROTOCOL_NAMES, holder="default"):
