@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -228,8 +228,28 @@ HOLDER_SCHEMA: dict[str, Any] = {
 # --------------------------------------------------------------------------- helpers
 
 
-def _dotted(path) -> str:
-    return ".".join(str(p) for p in path)
+def schema_problem(data, schema: dict) -> str | None:
+    """The first problem of `data` against a JSON schema, as one line; None if valid.
+
+    The line names the dotted key and the offending value, e.g.
+    ``key 'sim.dose' has bad value -1.0: -1.0 is less than or equal to the minimum of 0``,
+    ``unknown key 'sim.foo' (known keys here: ...)`` or ``missing required key 'name'``.
+    """
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    if not errors:
+        return None
+    error = jsonschema.exceptions.best_match(errors)
+    where = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(known))
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        return f"unknown key '{key}' (known keys here: {', '.join(known)})"
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        key = f"{where}.{missing[0]}" if where else missing[0]
+        return f"missing required key '{key}'"
+    return f"key '{where}' has bad value {error.instance!r}: {error.message}"
 
 
 def validate(data: dict, schema: dict, source: str | Path) -> None:
@@ -249,22 +269,9 @@ def validate(data: dict, schema: dict, source: str | Path) -> None:
     ConfigError
         Naming the file, the key and the offending value.
     """
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(data), key=lambda e: (list(e.absolute_path), e.validator))
-    if not errors:
-        return
-    error = jsonschema.exceptions.best_match(errors)
-    where = _dotted(error.absolute_path)
-    if error.validator == "additionalProperties":
-        known = sorted(error.schema.get("properties", {}))
-        unknown = sorted(set(error.instance) - set(known))
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ConfigError(f"{source}: unknown key '{key}' (known keys here: {', '.join(known)})")
-    if error.validator == "required":
-        missing = [k for k in error.validator_value if k not in error.instance]
-        key = f"{where}.{missing[0]}" if where else missing[0]
-        raise ConfigError(f"{source}: missing required key '{key}'")
-    raise ConfigError(f"{source}: key '{where}' has bad value {error.instance!r}: {error.message}")
+    problem = schema_problem(data, schema)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
 
 
 def _read_toml(path: Path) -> dict:
@@ -372,15 +379,13 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
             coupling_y_to_x=float(coupling.get("y_to_x", 0.0)),
             **raw,
         )
-    remote = RemoteConfig(**data["remote"]) if kind == "remote" else None
-    if kind == "remote" and remote is None:
-        remote = RemoteConfig()
+    remote = RemoteConfig(**data.get("remote", {})) if kind == "remote" else None
     holder = data.get("holder", "default")
     return MicroscopeConfig(
         name=data["name"],
         kind=kind,
         holder=holder,
-        pixel_size_nm=float(data.get("pixel_size_nm", 0.0)) or 0.0,
+        pixel_size_nm=float(data.get("pixel_size_nm", 0.0)),  # 0: given by the server (kind = "remote")
         frame_px=int(data.get("frame_px", 0)),
         stage_to_image=transform,
         protocol=protocol,
@@ -425,8 +430,3 @@ def load_holder(name_or_path: str | Path) -> HolderConfig:
         path=path,
         key=path.stem,
     )
-
-
-def config_fields(cls) -> list[str]:
-    """Field names of a config dataclass (used by the docs and tests)."""
-    return [f.name for f in fields(cls)]

@@ -20,6 +20,7 @@ import jsonschema
 import numpy as np
 import tifffile
 
+from .config import schema_problem
 from .geometry import AXES, StagePosition, StageToImage
 from .microscope import Envelope
 from .protocols import Protocol
@@ -167,21 +168,6 @@ FRAME_SCHEMA = {
 _FRAME_KEYS = set(FRAME_SCHEMA["properties"])
 
 
-def _schema_error(data, schema) -> str | None:
-    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(data))
-    if not errors:
-        return None
-    error = jsonschema.exceptions.best_match(errors)
-    where = ".".join(str(p) for p in error.absolute_path)
-    if error.validator == "required":
-        missing = [k for k in error.validator_value if k not in error.instance]
-        key = f"{where}.{missing[0]}" if where else missing[0]
-        return f"missing required key '{key}'"
-    if error.validator == "additionalProperties":
-        return f"key '{where}': {error.message}"
-    return f"key '{where}' has bad value {error.instance!r}: {error.message}"
-
-
 def _load_json_strict(text: str):
     """json.loads that rejects NaN and Infinity (not JSON)."""
 
@@ -223,7 +209,7 @@ def read_recording(directory: str | Path) -> Session:
         raise RecordingError(f"{session_path}: not valid JSON: {exc}") from None
     if not isinstance(meta, dict):
         raise RecordingError(f"{session_path}: must hold a JSON object")
-    problem = _schema_error(meta, SESSION_SCHEMA)
+    problem = schema_problem(meta, SESSION_SCHEMA)
     if problem:
         raise RecordingError(f"{session_path}: {problem}")
 
@@ -240,7 +226,7 @@ def read_recording(directory: str | Path) -> Session:
                 raise RecordingError(f"{where}: not valid JSON: {exc}") from None
             if not isinstance(record, dict):
                 raise RecordingError(f"{where}: each line must be a JSON object")
-            problem = _schema_error(record, FRAME_SCHEMA)
+            problem = schema_problem(record, FRAME_SCHEMA)
             if problem:
                 raise RecordingError(f"{where}: {problem}")
             if record["index"] != len(frames):
@@ -304,7 +290,7 @@ class RecordingWriter:
             raise RecordingError(f"{self.directory}: already holds a recording; choose another --record folder")
         (self.directory / "images").mkdir(parents=True, exist_ok=True)
         self.meta = {"format": FORMAT, "version": VERSION, **meta}
-        problem = _schema_error(self.meta, SESSION_SCHEMA)
+        problem = schema_problem(self.meta, SESSION_SCHEMA)
         if problem:
             raise ValueError(f"session metadata: {problem}")
         _write_json_atomic(self.directory / "session.json", self.meta)

@@ -119,3 +119,14 @@ def test_holder_missing_tolerance_is_named(tmp_path):
     path = write(tmp_path, HOLDER.replace("skew_deg = 0.5\n", ""), "h.toml")
     with pytest.raises(ConfigError, match=r"missing required key 'tolerances.skew_deg'"):
         load_holder(path)
+
+
+def test_remote_config_reads_with_defaults(tmp_path):
+    config = load_microscope(write(tmp_path, 'name = "r"\nkind = "remote"\n'))
+    assert config.remote.endpoint == "tcp://127.0.0.1:5555" and config.remote.timeout_s == 30.0
+    assert config.sim is None
+
+
+def test_remote_kind_cannot_have_a_sim_table(tmp_path):
+    with pytest.raises(ConfigError, match="'sim' is only allowed"):
+        load_microscope(write(tmp_path, 'name = "r"\nkind = "remote"\n[sim]\nseed = 1\n'))

@@ -31,6 +31,14 @@ def test_live_run_certifies_writes_report_results_and_recording(suites, tmp_path
     assert document["certification"]["case"] == "a" and document["certification"]["accepted"] is True
     assert document["source"] == "live" and document["session"] == str(record)
     assert document["tests"] == {"passed": 17, "failed": 0, "skipped": 0}
+    assert set(document) >= {"schema", "version", "microscope", "holder", "source", "session", "certification",
+                             "pairs", "axes", "coupling", "drift_nm_per_min", "stage_to_image", "frames", "tests"}
+    assert set(document["certification"]) >= {"case", "title", "accepted", "reasons"}
+    for pair in ("target_reported", "target_actual", "reported_actual"):
+        assert set(document["pairs"][pair]) >= {"agree", "consistent", "rms_nm"}
+    assert set(document["coupling"]) >= {"x_to_y", "y_to_x", "skew_deg"}
+    assert document["stage_to_image"] == {"rotation_deg": 0.0, "flip_y": False, "estimated": False}
+    assert set(document["axes"]["y"]) == set(document["axes"]["x"])
     assert set(document["axes"]["x"]) >= {"backlash_nm", "scale_error", "step_scatter_nm", "reported_backlash_nm",
                                           "reported_scale_error", "repeatability_nm"}
     assert document["frames"] == len(read_recording(record).frames) == 2 * 14 + 25 + 3
