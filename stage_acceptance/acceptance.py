@@ -103,6 +103,8 @@ class AcceptanceRun:
         self.checks: dict[str, Check] | None = None
         self._figures: dict[str, bytes] | None = None
         self.started = datetime.now(timezone.utc)
+        if replay and record:
+            raise ConfigError(f"--record {record}: a replay analyses {replay} and records nothing; drop --record")
         if replay:
             self._session = read_recording(replay)
             self.microscope_name = self._session.microscope

@@ -225,4 +225,5 @@ class _RunHooks:
             session_path=str(run.session_path),
             results_path=str(self.results_path) if self.results_path else None,
             instrument_time_s=run.instrument_time_s(), figures=run.figures(),
+            not_registered=run.analysis.failed,
         ))

@@ -356,7 +356,8 @@ def _fmt(value: float | None, unit: str) -> str:
 
 def certificate_html(certificate: Certificate, checks: dict[str, Check], *, microscope: str, holder: str,
                      date_utc: str, source: str, session_path: str, results_path: str | None,
-                     instrument_time_s: float | None, figures: dict[str, bytes]) -> str:
+                     instrument_time_s: float | None, figures: dict[str, bytes],
+                     not_registered: list[str] = ()) -> str:
     """The certificate block at the top of the HTML report (self-contained HTML).
 
     Parameters
@@ -371,6 +372,8 @@ def certificate_html(certificate: Certificate, checks: dict[str, Check], *, micr
         Instrument time of the session (from the frame times), if known.
     figures : dict of bytes
         PNG figures to embed, by name.
+    not_registered : list of str
+        Frame pairs that could not be registered, with the reason (left out).
 
     Returns
     -------
@@ -398,6 +401,11 @@ def certificate_html(certificate: Certificate, checks: dict[str, Check], *, micr
     )
     minutes = "" if instrument_time_s is None else f"<br>Instrument time of the session: {instrument_time_s / 60:.1f} min"
     results = "" if results_path is None else f"<br>Results JSON: <code>{e(results_path)}</code>"
+    left_out = ""
+    if not_registered:
+        items = "".join(f"<li>{e(text)}</li>" for text in not_registered)
+        left_out = (f"<h3>Frame pairs left out ({len(not_registered)})</h3>"
+                    f"<p>These pairs could not be registered; their actual displacement is not used.</p><ul>{items}</ul>")
     return f"""
 <div id="stage-acceptance-certificate" style="border:3px solid {colour};padding:12px;margin:8px 0;color:#111">
 <h2 style="margin-top:0">Case {e(certificate.case)}: {e(certificate.title)}
@@ -412,6 +420,7 @@ def certificate_html(certificate: Certificate, checks: dict[str, Check], *, micr
 <h3>Metrics</h3>
 <table border="1" cellpadding="3" style="border-collapse:collapse">
 <tr><th>metric</th><th>value</th><th>tolerance</th><th>verdict</th></tr>{''.join(rows)}</table>
+{left_out}
 <h3>Figures</h3>
 {images}
 </div>
