@@ -282,7 +282,7 @@ def figure_overlays(analysis: Analysis, axis: str) -> bytes | None:
         title = (f"{label}: frames {frame - 1}->{frame}\n"
                  f"target {steps.target_nm[i, k]:+.0f} nm, actual {steps.actual_nm[i, k]:+.0f} nm along {axis}")
         _overlay(ax, session.image(frame - 1), session.image(frame), steps.shift_px[i], title)
-    fig.suptitle(f"Overlays at 50 % transparency ({axis})", fontsize=10)
+    fig.suptitle(f"Overlays at 50 % transparency ({axis})", fontsize=10, y=1.03)
     return _png(fig)
 
 
@@ -395,7 +395,7 @@ def certificate_html(certificate: Certificate, checks: dict[str, Check], *, micr
                          f"<td>{'yes' if verdict_.agree else 'no'}</td><td>{'yes' if verdict_.consistent else 'no'}</td></tr>")
     reasons = "".join(f"<li>{e(r)}</li>" for r in certificate.reasons)
     images = "".join(
-        f'<figure style="display:inline-block;margin:6px"><img alt="{e(name)}" style="max-width:640px" '
+        f'<figure style="display:inline-block;margin:6px"><img alt="{e(name)}" style="max-width:900px" '
         f'src="data:image/png;base64,{png_base64(png)}"><figcaption>{e(name)}</figcaption></figure>'
         for name, png in figures.items()
     )
