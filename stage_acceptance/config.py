@@ -63,6 +63,16 @@ class SimConfig:
     frame_time_s: float = 2.0
     rotation_deg: float = 0.0
     flip_y: bool = False
+    creep_nm: tuple[float, float] = (0.0, 0.0)
+    creep_time_s: float = 10.0
+    thermal_drift_nm_per_min: tuple[float, float] = (0.0, 0.0)
+    thermal_time_s: float = 120.0
+    stick_threshold_nm: float = 0.0
+    stick_probability: float = 0.0
+    wear_nm_per_mm: tuple[float, float] = (0.0, 0.0)
+    reported_quantum_nm: float = 0.0
+    readback_jump_nm: float = 0.0
+    readback_jump_probability: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,7 @@ _number = {"type": "number"}
 _positive = {"type": "number", "exclusiveMinimum": 0}
 _nonneg = {"type": "number", "minimum": 0}
 _pair = {"type": "array", "items": _number, "minItems": 2, "maxItems": 2}
+_probability = {"type": "number", "minimum": 0, "maximum": 1}
 _pair_nonneg = {"type": "array", "items": _nonneg, "minItems": 2, "maxItems": 2}
 
 MICROSCOPE_SCHEMA: dict[str, Any] = {
@@ -177,6 +188,16 @@ MICROSCOPE_SCHEMA: dict[str, Any] = {
                 "frame_time_s": _nonneg,
                 "rotation_deg": _number,
                 "flip_y": {"type": "boolean"},
+                "creep_nm": _pair_nonneg,
+                "creep_time_s": _nonneg,
+                "thermal_drift_nm_per_min": _pair_nonneg,
+                "thermal_time_s": _nonneg,
+                "stick_threshold_nm": _nonneg,
+                "stick_probability": _probability,
+                "wear_nm_per_mm": _pair_nonneg,
+                "reported_quantum_nm": _nonneg,
+                "readback_jump_nm": _nonneg,
+                "readback_jump_probability": _probability,
             },
         },
         "remote": {
@@ -371,7 +392,8 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
     if kind == "sim":
         raw = dict(data.get("sim", {}))
         coupling = raw.pop("coupling", {})
-        for key in ("backlash_nm", "scale_error", "drift_nm_per_min", "reported_scale_error"):
+        for key in ("backlash_nm", "scale_error", "drift_nm_per_min", "reported_scale_error", "creep_nm",
+                    "thermal_drift_nm_per_min", "wear_nm_per_mm"):
             if key in raw:
                 raw[key] = tuple(float(v) for v in raw[key])
         sim = SimConfig(

@@ -49,8 +49,8 @@ class SimulatedMicroscope:
         self.pixel_size_nm = config.pixel_size_nm
         self.frame_px = config.frame_px
         self.transform = StageToImage(self.sim.rotation_deg, self.sim.flip_y)
-        seeds = np.random.SeedSequence(self.sim.seed).spawn(2)
-        self._stage = SimulatedStage(self.sim, np.random.default_rng(seeds[0]))
+        seeds = np.random.SeedSequence(self.sim.seed).spawn(3)
+        self._stage = SimulatedStage(self.sim, np.random.default_rng(seeds[0]), np.random.default_rng(seeds[2]))
         self._detector_rng = np.random.default_rng(seeds[1])
         self.specimen = Specimen(seed=self.sim.seed)
         self._clock_s = 0.0
@@ -62,11 +62,12 @@ class SimulatedMicroscope:
         return self._stage
 
     def move_to(self, target: StagePosition) -> None:
-        self._stage.move_to(target)
+        start = self._clock_s
         self._clock_s += self.sim.move_time_s
+        self._stage.move_to(target, start, self._clock_s)
 
     def position(self) -> StagePosition:
-        return self._stage.reported()
+        return self._stage.read_position()
 
     def acquire(self) -> np.ndarray:
         mid_frame_s = self._clock_s + self.sim.frame_time_s / 2.0
