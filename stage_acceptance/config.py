@@ -73,6 +73,13 @@ class SimConfig:
     reported_quantum_nm: float = 0.0
     readback_jump_nm: float = 0.0
     readback_jump_probability: float = 0.0
+    scan_rotation_deg: float = 0.0
+    scan_jitter_px: float = 0.0
+    defocus_blur_nm_per_um: float = 0.0
+    focus_z_nm: float = 0.0
+    read_noise_counts: float = 0.0
+    specimen: str = "procedural"
+    specimen_pixel_nm: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -198,6 +205,13 @@ MICROSCOPE_SCHEMA: dict[str, Any] = {
                 "reported_quantum_nm": _nonneg,
                 "readback_jump_nm": _nonneg,
                 "readback_jump_probability": _probability,
+                "scan_rotation_deg": _number,
+                "scan_jitter_px": _nonneg,
+                "defocus_blur_nm_per_um": _nonneg,
+                "focus_z_nm": _number,
+                "read_noise_counts": _nonneg,
+                "specimen": {"type": "string", "minLength": 1},
+                "specimen_pixel_nm": _positive,
             },
         },
         "remote": {
@@ -396,6 +410,17 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
                     "thermal_drift_nm_per_min", "wear_nm_per_mm"):
             if key in raw:
                 raw[key] = tuple(float(v) for v in raw[key])
+        if raw.get("specimen", "procedural") != "procedural":
+            image = (path.parent / raw["specimen"]).resolve()
+            if not image.is_file():
+                raise ConfigError(f"{path}: key 'sim.specimen' has bad value {raw['specimen']!r}: "
+                                  f"no such image {image} (give \"procedural\" or a .tif/.mrc path relative to the config)")
+            if image.suffix.lower() not in (".tif", ".tiff", ".mrc", ".st", ".mrcs"):
+                raise ConfigError(f"{path}: key 'sim.specimen' has bad value {raw['specimen']!r}: "
+                                  "the image must be .tif, .tiff or .mrc")
+            if "specimen_pixel_nm" not in raw:
+                raise ConfigError(f"{path}: missing required key 'sim.specimen_pixel_nm' (needed with an image specimen)")
+            raw["specimen"] = str(image)
         sim = SimConfig(
             coupling_x_to_y=float(coupling.get("x_to_y", 0.0)),
             coupling_y_to_x=float(coupling.get("y_to_x", 0.0)),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage
 
 from ..geometry import StageToImage
 from .specimen import Specimen
@@ -70,8 +71,8 @@ def frame_intensity(
     ValueError
         If an argument is out of range or of the wrong type.
     """
-    if not isinstance(specimen, Specimen):
-        raise ValueError(f"specimen must be a Specimen, got {type(specimen).__name__}")
+    if not hasattr(specimen, "render_grid"):
+        raise ValueError(f"specimen must be a Specimen or ImageSpecimen, got {type(specimen).__name__}")
     stage = np.asarray(stage_xy_nm, dtype=float)
     if stage.shape != (2,) or not np.all(np.isfinite(stage)):
         raise ValueError(f"stage_xy_nm must be two finite numbers (x, y) in nm, got {stage_xy_nm!r}")
@@ -108,6 +109,8 @@ def render_frame(
     dose: float,
     rng: np.random.Generator,
     blur_px: float = 0.7,
+    scan_jitter_px: float = 0.0,
+    read_noise_counts: float = 0.0,
 ) -> np.ndarray:
     """The image the detector records with the specimen at a stage position.
 
@@ -132,12 +135,18 @@ def render_frame(
         Source of the shot noise; the result is a deterministic function of its state.
     blur_px : float, optional
         Sigma of the Gaussian probe/pixel blur, pixels (>= 0).
+    scan_jitter_px : float, optional
+        Standard deviation of the sideways offset of each scan line (STEM scan-line
+        jitter), pixels (>= 0); see :func:`scan_line_jitter`.
+    read_noise_counts : float, optional
+        Standard deviation of Gaussian detector read noise added to the counts (>= 0).
 
     Returns
     -------
     ndarray of float32, shape (frame_px, frame_px)
-        Counts (whole numbers, exact up to 2**24), indexed ``[row, column]``.
-        float32 rather than uint16 so that no dose can overflow.
+        Counts (whole numbers, exact up to 2**24, unless read noise is added),
+        indexed ``[row, column]``; float32 rather than uint16 so that no dose can
+        overflow.
 
     Raises
     ------
@@ -155,4 +164,35 @@ def render_frame(
         transform=transform,
         blur_px=blur_px,
     )
-    return rng.poisson(dose * intensity).astype(np.float32)
+    if scan_jitter_px < 0 or read_noise_counts < 0:
+        raise ValueError(f"scan_jitter_px and read_noise_counts must be >= 0, got {scan_jitter_px}, {read_noise_counts}")
+    if scan_jitter_px > 0:
+        intensity = scan_line_jitter(intensity, rng.normal(0.0, scan_jitter_px, size=intensity.shape[0]))
+    counts = rng.poisson(dose * intensity).astype(np.float32)
+    if read_noise_counts > 0:
+        counts += rng.normal(0.0, read_noise_counts, size=counts.shape).astype(np.float32)
+    return counts
+
+
+def scan_line_jitter(image: np.ndarray, row_offsets_px: np.ndarray) -> np.ndarray:
+    """Shift every scan line (row) of `image` sideways by its own offset.
+
+    Models STEM scan-line jitter: line ``r`` is sampled ``row_offsets_px[r]`` pixels
+    further along the scan (cubic spline; edges continued by reflection).
+
+    Parameters
+    ----------
+    image : ndarray, 2-D
+    row_offsets_px : ndarray, (rows,)
+        Offset of each line in pixels; positive samples further right.
+
+    Returns
+    -------
+    ndarray, same shape as `image`
+    """
+    rows, cols = image.shape
+    offsets = np.asarray(row_offsets_px, dtype=float)
+    if offsets.shape != (rows,):
+        raise ValueError(f"need one offset per row ({rows}), got shape {offsets.shape}")
+    r, c = np.mgrid[0:rows, 0:cols].astype(float)
+    return ndimage.map_coordinates(image, [r, c + offsets[:, None]], order=3, mode="reflect")

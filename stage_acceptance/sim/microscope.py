@@ -10,8 +10,12 @@ import numpy as np
 from ..config import MicroscopeConfig
 from ..geometry import StagePosition, StageToImage
 from .imaging import render_frame
-from .specimen import Specimen
+from .specimen import ImageSpecimen, Specimen, read_image
 from .stage import SimulatedStage
+
+
+BLUR_IN_FOCUS_PX = 0.7
+"""Probe and pixel blur in focus (Gaussian sigma, pixels)."""
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,14 @@ class SimulatedMicroscope:
         self.name = config.name
         self.pixel_size_nm = config.pixel_size_nm
         self.frame_px = config.frame_px
-        self.transform = StageToImage(self.sim.rotation_deg, self.sim.flip_y)
+        self.transform = StageToImage(self.sim.rotation_deg + self.sim.scan_rotation_deg, self.sim.flip_y)
         seeds = np.random.SeedSequence(self.sim.seed).spawn(3)
         self._stage = SimulatedStage(self.sim, np.random.default_rng(seeds[0]), np.random.default_rng(seeds[2]))
         self._detector_rng = np.random.default_rng(seeds[1])
-        self.specimen = Specimen(seed=self.sim.seed)
+        if self.sim.specimen == "procedural":
+            self.specimen = Specimen(seed=self.sim.seed)
+        else:
+            self.specimen = ImageSpecimen(read_image(self.sim.specimen), self.sim.specimen_pixel_nm)
         self._clock_s = 0.0
         self.truth: list[TruthRecord] = []
 
@@ -80,10 +87,19 @@ class SimulatedMicroscope:
             transform=self.transform,
             dose=self.sim.dose,
             rng=self._detector_rng,
+            blur_px=self.blur_px(actual.z_nm),
+            scan_jitter_px=self.sim.scan_jitter_px,
+            read_noise_counts=self.sim.read_noise_counts,
         )
         self.truth.append(TruthRecord(mid_frame_s, self._stage.state.target, self._stage.reported(), actual))
         self._clock_s += self.sim.frame_time_s
         return image
+
+    def blur_px(self, z_nm: float) -> float:
+        """Probe blur (Gaussian sigma, pixels) at height `z_nm`: 0.7 px in focus, growing
+        by ``defocus_blur_nm_per_um`` per micrometre away from ``focus_z_nm``."""
+        defocus_nm = self.sim.defocus_blur_nm_per_um * abs(z_nm - self.sim.focus_z_nm) / 1000.0
+        return float(np.hypot(BLUR_IN_FOCUS_PX, defocus_nm / self.pixel_size_nm))
 
     def wait(self, seconds: float) -> None:
         if seconds < 0:

@@ -37,8 +37,12 @@ circular cut-off so that the cut, too, depends on ``q`` alone.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import mrcfile
 import numpy as np
+import tifffile
+from scipy import ndimage
 from scipy.special import ndtr, ndtri
 from scipy.stats import poisson
 
@@ -421,3 +425,87 @@ class Specimen:
             index = row[:, :, None] * cols + col[:, None, :]
             flat += np.bincount(index[inside], weights=value[inside], minlength=flat.size)
         return intensity
+
+
+def read_image(path) -> np.ndarray:
+    """A single 2-D image from a TIFF or MRC file, as float64.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.tif``/``.tiff`` (tifffile) or ``.mrc``/``.st`` (mrcfile, first section of a
+        stack).
+
+    Raises
+    ------
+    ValueError
+        Naming the file: unreadable, not 2-D, not finite, or constant.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".mrc", ".st", ".mrcs", ".tif", ".tiff"):
+        raise ValueError(f"{path}: specimen image must be .tif, .tiff or .mrc, got '{suffix}'")
+    try:
+        if suffix in (".tif", ".tiff"):
+            data = np.asarray(tifffile.imread(path), dtype=float)
+        else:
+            with mrcfile.open(path, permissive=True) as mrc:
+                data = np.asarray(mrc.data, dtype=float)
+            if data.ndim == 3:
+                data = data[0]
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise ValueError(f"{path}: cannot read specimen image: {exc}") from None
+    if data.ndim != 2 or min(data.shape) < 8:
+        raise ValueError(f"{path}: specimen image must be 2-D and at least 8 x 8 pixels, got shape {data.shape}")
+    if not np.all(np.isfinite(data)) or np.ptp(data) == 0:
+        raise ValueError(f"{path}: specimen image must be finite and not constant")
+    return data
+
+
+class ImageSpecimen:
+    """A real image used as the specimen texture, tiled by mirroring without end.
+
+    The image's intensity is scaled to a mean of 1 and kept positive, like the
+    procedural :class:`Specimen`; outside the image the plane is filled with mirrored
+    copies (``d c b | a b c d | c b a``), so any travel finds texture.
+
+    Parameters
+    ----------
+    image : ndarray, 2-D
+        The texture, ``[row, column]`` = specimen ``(y, x)``.
+    pixel_size_nm : float
+        Size of one image pixel on the specimen, nm.
+    """
+
+    def __init__(self, image: np.ndarray, pixel_size_nm: float):
+        image = np.asarray(image, dtype=float)
+        if image.ndim != 2 or min(image.shape) < 8:
+            raise ValueError(f"specimen image must be 2-D and at least 8 x 8 pixels, got shape {image.shape}")
+        if not (math.isfinite(pixel_size_nm) and pixel_size_nm > 0):
+            raise ValueError(f"specimen pixel size must be finite and > 0 nm, got {pixel_size_nm}")
+        low = np.percentile(image, 0.5)
+        positive = np.clip(image - low, 0.0, None) + 0.05 * np.ptp(image)
+        self.image = positive / positive.mean()
+        self.pixel_size_nm = float(pixel_size_nm)
+        self._filtered: dict[float, np.ndarray] = {}
+
+    def _prefiltered(self, blur_px: float) -> np.ndarray:
+        key = round(blur_px, 6)
+        if key not in self._filtered:
+            blurred = ndimage.gaussian_filter(self.image, blur_px, mode="mirror") if blur_px > 0 else self.image
+            self._filtered[key] = ndimage.spline_filter(blurred, order=3, mode="mirror")
+        return self._filtered[key]
+
+    def render_grid(self, origin_nm, col_step_nm, row_step_nm, shape, *, blur_nm: float) -> np.ndarray:
+        """Intensity on a regular grid, as :meth:`Specimen.render_grid` (cubic spline)."""
+        origin = _check_finite_array("origin_nm", origin_nm)
+        col_step = _check_finite_array("col_step_nm", col_step_nm)
+        row_step = _check_finite_array("row_step_nm", row_step_nm)
+        blur_nm = _check_blur(blur_nm)
+        rows, cols = (int(n) for n in shape)
+        r, c = np.mgrid[0:rows, 0:cols]
+        x = origin[0] + c * col_step[0] + r * row_step[0]
+        y = origin[1] + c * col_step[1] + r * row_step[1]
+        coefficients = self._prefiltered(blur_nm / self.pixel_size_nm)
+        coords = np.array([y / self.pixel_size_nm, x / self.pixel_size_nm])
+        return ndimage.map_coordinates(coefficients, coords, order=3, mode="mirror", prefilter=False)
