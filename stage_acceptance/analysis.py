@@ -23,6 +23,7 @@ from .registration import Registration, register
 from .session import Session
 
 AXIS_NAMES = ("x", "y")
+TILT_NAMES = ("alpha", "beta")
 ALONG_TOLERANCE = 0.10
 """A step is along axis a when its other target components are at most 10 % of it."""
 
@@ -64,6 +65,12 @@ class Steps:
         ``"other"`` (not along an axis).
     protocol : list of str or None
         Protocol of the arrival frame.
+    tilt_deg : ndarray, (n, 2)
+        Change of the target alpha and beta, degrees.
+    tilt_axis : ndarray of int, (n,)
+        0 for a pure alpha step, 1 for a pure beta step, -1 otherwise.
+    tilt_kind : ndarray of str, (n,)
+        ``"first"``, ``"reversal"``, ``"plain"`` or ``"other"`` for the tilt axes.
     """
 
     frame: np.ndarray
@@ -78,6 +85,9 @@ class Steps:
     direction: np.ndarray
     kind: np.ndarray
     protocol: list
+    tilt_deg: np.ndarray
+    tilt_axis: np.ndarray
+    tilt_kind: np.ndarray
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -269,12 +279,18 @@ def build_steps(session: Session, registrations: list[PairRegistration], transfo
         shift = np.asarray(reg.result.shift_px, dtype=float) if reg.result.ok else np.full(2, np.nan)
         actual = image_px_to_stage_nm(shift, session.pixel_size_nm, transform) if reg.result.ok else np.full(2, np.nan)
         rows.append((i, d_t[:2], d_r[:2], actual, shift, reg.result.confidence, reg.result.ok,
-                     reg.result.reason, axis, direction, session.frames[i].protocol))
+                     reg.result.reason, axis, direction, session.frames[i].protocol, d_t[3:]))
     if not rows:
         raise ValueError(f"{session.directory}: no two consecutive frames overlap; nothing to analyse")
     cols = list(zip(*rows))
     axis = np.array(cols[8], dtype=int)
     direction = np.array(cols[9], dtype=int)
+    tilt = np.array(cols[11], dtype=float).reshape(-1, 2)
+    lateral_still = np.all(np.array(cols[1], dtype=float).reshape(-1, 2) == 0, axis=1)
+    tilt_axis = np.full(len(rows), -1, dtype=int)
+    tilt_axis[lateral_still & (tilt[:, 0] != 0) & (tilt[:, 1] == 0)] = 0
+    tilt_axis[lateral_still & (tilt[:, 1] != 0) & (tilt[:, 0] == 0)] = 1
+    tilt_direction = np.where(tilt_axis >= 0, np.sign(tilt[np.arange(len(rows)), np.clip(tilt_axis, 0, 1)]), 0)
     return Steps(
         frame=np.array(cols[0], dtype=int),
         target_nm=np.array(cols[1], dtype=float),
@@ -288,6 +304,9 @@ def build_steps(session: Session, registrations: list[PairRegistration], transfo
         direction=direction,
         kind=classify_steps(axis, direction),
         protocol=list(cols[10]),
+        tilt_deg=tilt,
+        tilt_axis=tilt_axis,
+        tilt_kind=classify_steps(tilt_axis, tilt_direction.astype(int)),
     )
 
 
@@ -512,6 +531,69 @@ def actual_positions_nm(start_nm: np.ndarray, n_frames: int, steps: Steps) -> np
     return positions
 
 
+@dataclass(frozen=True)
+class TiltMetrics:
+    """How the specimen moves sideways when one tilt axis turns."""
+
+    shift_nm_per_deg: float | None
+    """Image shift per degree of tilt: the specimen's distance from the tilt axis
+    (eucentric height error) times pi / 180."""
+    backlash_deg: float | None
+    """Reversal-dependent lost tilt, from the lost sideways motion."""
+    direction: tuple[float, float] | None
+    """Unit vector (x, y) of the sideways motion for increasing tilt."""
+    steps: int
+
+
+MIN_TILT_SHIFT_NM_PER_DEG = 0.5
+"""Below this image shift per degree the tilt backlash cannot be told from noise."""
+
+
+def tilt_response(tilt_deg, actual_nm, kind) -> TiltMetrics:
+    """Image shift per degree and tilt backlash of one tilt axis.
+
+    Over plain tilt steps the sideways displacement is regressed on the tilt change
+    (through the origin): ``s = sum(dA * dtheta) / sum(dtheta**2)`` (nm/deg, a
+    vector). Projected on ``s``, the lost motion of a step is
+    ``L = |dtheta| |s| - sign(dtheta) dA . s / |s|`` and the tilt backlash is
+    ``(mean L(reversal) - mean L(plain)) / |s|``.
+
+    Parameters
+    ----------
+    tilt_deg : array_like, (n,)
+        Tilt change of each step along this axis, degrees.
+    actual_nm : array_like, (n, 2)
+        Measured sideways displacement (x, y) of each step, nm; NaN rows left out.
+    kind : array_like of str, (n,)
+        ``"plain"``, ``"reversal"`` or other (left out).
+
+    Returns
+    -------
+    TiltMetrics
+        ``backlash_deg`` is None without reversals or when the shift per degree is
+        below :data:`MIN_TILT_SHIFT_NM_PER_DEG` (a eucentric specimen shows no tilt).
+    """
+    theta = np.asarray(tilt_deg, dtype=float)
+    shift = np.asarray(actual_nm, dtype=float).reshape(-1, 2)
+    kind = np.asarray(kind)
+    valid = np.isfinite(theta) & np.all(np.isfinite(shift), axis=1)
+    plain = valid & (kind == "plain")
+    reversal = valid & (kind == "reversal")
+    denominator = float(np.sum(theta[plain] ** 2))
+    if denominator == 0:
+        return TiltMetrics(None, None, None, int(valid.sum()))
+    slope = shift[plain].T @ theta[plain] / denominator
+    magnitude = float(np.hypot(*slope))
+    if magnitude == 0:
+        return TiltMetrics(0.0, None, None, int(valid.sum()))
+    unit = slope / magnitude
+    backlash = None
+    if reversal.any() and magnitude >= MIN_TILT_SHIFT_NM_PER_DEG:
+        lost = np.abs(theta) * magnitude - np.sign(theta) * (shift @ unit)
+        backlash = float((lost[reversal].mean() - lost[plain].mean()) / magnitude)
+    return TiltMetrics(magnitude, backlash, (float(unit[0]), float(unit[1])), int(valid.sum()))
+
+
 # --------------------------------------------------------------------------- the whole chain
 
 
@@ -551,6 +633,7 @@ class Analysis:
     actual_positions_nm: np.ndarray
     revisits: dict[str, list[dict]] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
+    tilt: dict[str, TiltMetrics] = field(default_factory=dict)
 
     @property
     def frames(self) -> int:
@@ -590,13 +673,20 @@ def analyse(session: Session, *, registrar: Callable[..., Registration] = regist
     failed = [f"frames {r.reference}->{r.moving}: {r.result.reason}" for r in registrations if not r.result.ok]
 
     pairs = {}
+    untilted = np.all(steps.tilt_deg == 0, axis=1)  # a tilt moves the image without a stage translation
     for name, (ref_name, meas_name) in PAIRS.items():
         ref, meas = steps.displacement(ref_name), steps.displacement(meas_name)
         per_axis = {}
         for k, axis_name in enumerate(AXIS_NAMES):
             sel = steps.axis == k
             per_axis[axis_name] = lost_motion(ref[sel, k], meas[sel, k], steps.kind[sel])
-        pairs[name] = PairMetrics(pair_rms_nm(ref, meas), per_axis)
+        pairs[name] = PairMetrics(pair_rms_nm(ref[untilted], meas[untilted]), per_axis)
+
+    tilt = {}
+    for k, tilt_name in enumerate(TILT_NAMES):
+        sel = steps.tilt_axis == k
+        if sel.any():
+            tilt[tilt_name] = tilt_response(steps.tilt_deg[sel, k], steps.actual_nm[sel], steps.tilt_kind[sel])
 
     say("registering revisits of the same targets (repeatability)")
     revisits: dict[str, list[dict]] = {}
@@ -661,4 +751,5 @@ def analyse(session: Session, *, registrar: Callable[..., Registration] = regist
         actual_positions_nm=actual_positions_nm(start, len(session.frames), steps),
         revisits=revisits,
         failed=failed,
+        tilt=tilt,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .analysis import AXIS_NAMES, Analysis
+from .analysis import AXIS_NAMES, TILT_NAMES, Analysis
 from .config import HolderConfig
 
 CASE_TITLES = {
@@ -81,8 +81,14 @@ def judge_pairs(analysis: Analysis, holder: HolderConfig) -> dict[str, PairVerdi
     return verdicts
 
 
-def alignment_case(verdicts: dict[str, PairVerdict]) -> str:
-    """The case letter a-f from the three pair verdicts (results-v1 rule)."""
+def alignment_case(verdicts: dict[str, PairVerdict]) -> str | None:
+    """The case letter a-f from the three pair verdicts (results-v1 rule).
+
+    None when no pair could be compared at all (a session without translation steps,
+    e.g. tilt protocols only): such a session certifies nothing.
+    """
+    if all(v.rms_nm is None for v in verdicts.values()):
+        return None
     if not all(v.consistent for v in verdicts.values()):
         return "f"
     agree = {name for name, v in verdicts.items() if v.agree}
@@ -104,11 +110,15 @@ class Check:
     name: str
     value: float | None
     unit: str
-    limit: float
+    limit: float | None
+    """None when the holder file sets no tolerance for this metric."""
     passed: bool | None
-    """None when the session cannot give the value."""
+    """None when the session cannot give the value or the holder sets no limit."""
 
     def describe(self) -> str:
+        if self.limit is None:
+            shown = "not measured" if self.value is None else f"{self.value:.4g} {self.unit}".strip()
+            return f"{self.name} = {shown}: the holder file sets no tolerance for it"
         if self.value is None:
             return f"{self.name}: not measured by this session (limit {self.limit:g} {self.unit})"
         verdict = "ok" if self.passed else "FAIL"
@@ -121,7 +131,9 @@ def metric_checks(analysis: Analysis, holder: HolderConfig) -> dict[str, Check]:
     Keys: ``x.backlash_nm``, ``x.scale_error``, ``x.step_scatter_nm``,
     ``x.reported_backlash_nm``, ``x.reported_scale_error``, ``x.repeatability_nm``
     (and the same for y), ``coupling.x_to_y``, ``coupling.y_to_x``,
-    ``coupling.skew_deg``, ``drift_nm_per_min``.
+    ``coupling.skew_deg``, ``drift_nm_per_min``, ``tilt.alpha.shift_nm_per_deg``,
+    ``tilt.alpha.backlash_deg`` (and beta). The tilt tolerances are optional in a
+    holder file: without them the check has no limit and is not judged.
     """
     tol = holder.tolerances
     limits = {
@@ -141,19 +153,31 @@ def metric_checks(analysis: Analysis, holder: HolderConfig) -> dict[str, Check]:
     values["coupling.y_to_x"] = (analysis.coupling.y_to_x, "coupling", "")
     values["coupling.skew_deg"] = (analysis.coupling.skew_deg, "skew_deg", "deg")
     values["drift_nm_per_min"] = (analysis.drift_nm_per_min, "drift_nm_per_min", "nm/min")
+    for tilt_name in TILT_NAMES:
+        metrics = analysis.tilt.get(tilt_name)
+        values[f"tilt.{tilt_name}.shift_nm_per_deg"] = (
+            None if metrics is None else metrics.shift_nm_per_deg, "tilt_shift_nm_per_deg", "nm/deg")
+        values[f"tilt.{tilt_name}.backlash_deg"] = (
+            None if metrics is None else metrics.backlash_deg, "tilt_backlash_deg", "deg")
     checks = {}
     for name, (value, tol_key, unit) in values.items():
-        limit = tol[tol_key]
-        passed = None if value is None else abs(value) <= limit
+        limit = tol.get(tol_key)
+        passed = None if value is None or limit is None else abs(value) <= limit
         checks[name] = Check(name, value, unit, limit, passed)
     return checks
+
+
+NOT_CERTIFIED_TITLE = "Not certified"
+NOT_CERTIFIED_MEANING = ("The session has no translation steps to compare target, reported and actual "
+                         "positions: run the hysteresis, coupling or certification tests to certify a case.")
 
 
 @dataclass(frozen=True)
 class Certificate:
     """The certified case and whether the holder's acceptance accepts it."""
 
-    case: str
+    case: str | None
+    """None when the session certifies no case."""
     title: str
     meaning: str
     accepted: bool
@@ -177,6 +201,9 @@ def certify(analysis: Analysis, holder: HolderConfig) -> Certificate:
     """
     verdicts = judge_pairs(analysis, holder)
     case = alignment_case(verdicts)
+    if case is None:
+        return Certificate(None, NOT_CERTIFIED_TITLE, NOT_CERTIFIED_MEANING, False,
+                           ("no translation step in the session: no case is certified",), verdicts)
     agree = [PAIR_LABELS[n] for n, v in verdicts.items() if v.agree]
     reasons = [f"pairs that agree within {holder.tolerances['agreement_nm']:g} nm RMS: "
                + (", ".join(agree) if agree else "none")]

@@ -42,6 +42,8 @@ class ProtocolConfig:
     settle_s: float = 0.0
     dwell_frames: int = 3
     dwell_interval_s: float = 30.0
+    tilt_step_deg: float = 2.0
+    tilt_steps: int = 3
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,10 @@ class SimConfig:
     read_noise_counts: float = 0.0
     specimen: str = "procedural"
     specimen_pixel_nm: float = 1.0
+    pivot_arm_mm: float = 0.0
+    x_pull_scale_error: float = 0.0
+    eucentric_error_nm: float = 0.0
+    tilt_backlash_deg: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,12 @@ TOLERANCE_KEYS = (
     "repeatability_nm",
     "drift_nm_per_min",
 )
+
+OPTIONAL_TOLERANCE_KEYS = (
+    "tilt_shift_nm_per_deg",
+    "tilt_backlash_deg",
+)
+"""Tolerances this project adds to results-v1 holder files; a holder may leave them out."""
 
 LIMIT_KEYS = ("x_nm", "y_nm", "z_nm", "alpha_deg", "beta_deg")
 
@@ -167,6 +179,8 @@ MICROSCOPE_SCHEMA: dict[str, Any] = {
                 "settle_s": _nonneg,
                 "dwell_frames": {"type": "integer", "minimum": 2, "maximum": 100},
                 "dwell_interval_s": _nonneg,
+                "tilt_step_deg": {"type": "number", "exclusiveMinimum": 0, "maximum": 30},
+                "tilt_steps": {"type": "integer", "minimum": 2, "maximum": 30},
             },
         },
         "sim": {
@@ -212,6 +226,10 @@ MICROSCOPE_SCHEMA: dict[str, Any] = {
                 "read_noise_counts": _nonneg,
                 "specimen": {"type": "string", "minLength": 1},
                 "specimen_pixel_nm": _positive,
+                "pivot_arm_mm": _nonneg,
+                "x_pull_scale_error": {"type": "number", "exclusiveMinimum": -0.5, "exclusiveMaximum": 0.5},
+                "eucentric_error_nm": _number,
+                "tilt_backlash_deg": _pair_nonneg,
             },
         },
         "remote": {
@@ -235,7 +253,7 @@ HOLDER_SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "required": list(TOLERANCE_KEYS),
-            "properties": {key: _nonneg for key in TOLERANCE_KEYS},
+            "properties": {key: _nonneg for key in TOLERANCE_KEYS + OPTIONAL_TOLERANCE_KEYS},
         },
         "limits": {
             "type": "object",
@@ -407,7 +425,7 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
         raw = dict(data.get("sim", {}))
         coupling = raw.pop("coupling", {})
         for key in ("backlash_nm", "scale_error", "drift_nm_per_min", "reported_scale_error", "creep_nm",
-                    "thermal_drift_nm_per_min", "wear_nm_per_mm"):
+                    "thermal_drift_nm_per_min", "wear_nm_per_mm", "tilt_backlash_deg"):
             if key in raw:
                 raw[key] = tuple(float(v) for v in raw[key])
         if raw.get("specimen", "procedural") != "procedural":

@@ -202,8 +202,8 @@ class _RunHooks:
         cert = run.certificate
         terminalreporter.section("stage acceptance")
         verdict = "ACCEPTED" if cert.accepted else "NOT ACCEPTED"
-        terminalreporter.write_line(f"{run.microscope_name} with holder '{run.holder.key}': "
-                                    f"case {cert.case} ({cert.title}): {verdict}")
+        what = cert.title if cert.case is None else f"case {cert.case} ({cert.title}): {verdict}"
+        terminalreporter.write_line(f"{run.microscope_name} with holder '{run.holder.key}': {what}")
         for reason in cert.reasons:
             terminalreporter.write_line(f"  - {reason}")
         if self.results_path:

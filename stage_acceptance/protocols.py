@@ -17,6 +17,10 @@ Protocols (``step`` = ``[protocol] step_nm``, ``n`` = ``[protocol] steps``):
 ``dwell``
     ``dwell_frames`` frames at the origin without a move, ``dwell_interval_s`` apart,
     for the drift speed.
+``tilt-alpha``, ``tilt-beta``
+    The hysteresis line for a tilt axis: ``tilt_steps`` steps of ``tilt_step_deg`` up
+    and down, twice, after approaching 0 from below; the image shift per degree
+    (eucentricity) and the tilt backlash.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class Protocol:
     visits: tuple[Visit, ...]
 
 
-PROTOCOL_NAMES = ("hysteresis-x", "hysteresis-y", "cross", "dwell")
+PROTOCOL_NAMES = ("hysteresis-x", "hysteresis-y", "cross", "dwell", "tilt-alpha", "tilt-beta")
 """Every protocol, in the order a session runs them."""
 
 FAMILIES = {
@@ -52,24 +56,30 @@ FAMILIES = {
     "repeatability": ("hysteresis-x", "hysteresis-y"),
     "coupling": ("cross",),
     "drift": ("dwell",),
-    "certification": PROTOCOL_NAMES,
+    "tilt": ("tilt-alpha", "tilt-beta"),
+    "certification": ("hysteresis-x", "hysteresis-y", "cross", "dwell"),
 }
 """Which protocols each test family (pytest marker) needs."""
 
 
-def _offset(axis: str, distance_nm: float) -> StagePosition:
-    return StagePosition(x_nm=distance_nm) if axis == "x" else StagePosition(y_nm=distance_nm)
+_AXIS_FIELD = {"x": "x_nm", "y": "y_nm", "alpha": "alpha_deg", "beta": "beta_deg"}
+_AXIS_UNIT = {"x": "nm", "y": "nm", "alpha": "deg", "beta": "deg"}
 
 
-def hysteresis_line(axis: str, step_nm: float, steps: int) -> Protocol:
-    """The Figure 3 hysteresis line along `axis` (``"x"`` or ``"y"``).
+def _offset(axis: str, distance: float) -> StagePosition:
+    return StagePosition(**{_AXIS_FIELD[axis]: distance})
+
+
+def hysteresis_line(axis: str, step: float, steps: int) -> Protocol:
+    """The Figure 3 hysteresis line along `axis`.
 
     Parameters
     ----------
-    axis : {"x", "y"}
-        Stage axis to test.
-    step_nm : float
-        Step length in nm.
+    axis : {"x", "y", "alpha", "beta"}
+        Stage axis to test: a lateral axis (protocol ``hysteresis-<axis>``) or a tilt
+        axis (``tilt-<axis>``).
+    step : float
+        Step length in nm (x, y) or degrees (alpha, beta).
     steps : int
         Steps per direction.
 
@@ -78,17 +88,19 @@ def hysteresis_line(axis: str, step_nm: float, steps: int) -> Protocol:
     Protocol
         ``2 + 4 * steps`` visits.
     """
-    if axis not in ("x", "y"):
-        raise ValueError(f"hysteresis axis must be 'x' or 'y', got {axis!r}")
-    if steps < 1 or step_nm <= 0:
-        raise ValueError(f"need steps >= 1 and step_nm > 0, got steps={steps}, step_nm={step_nm}")
+    if axis not in _AXIS_FIELD:
+        raise ValueError(f"hysteresis axis must be one of {list(_AXIS_FIELD)}, got {axis!r}")
+    if steps < 1 or step <= 0:
+        raise ValueError(f"need steps >= 1 and step > 0, got steps={steps}, step={step}")
     indices = [-1, 0]
     for _ in range(2):
         indices += list(range(1, steps + 1)) + list(range(steps - 1, -1, -1))
-    visits = tuple(Visit(_offset(axis, k * step_nm)) for k in indices)
+    visits = tuple(Visit(_offset(axis, k * step)) for k in indices)
+    lateral = axis in ("x", "y")
     return Protocol(
-        name=f"hysteresis-{axis}",
-        description=f"Figure 3 hysteresis line along {axis}: {steps} steps of {step_nm:g} nm each way, twice",
+        name=f"hysteresis-{axis}" if lateral else f"tilt-{axis}",
+        description=(f"{'Figure 3 hysteresis line' if lateral else 'tilt hysteresis'} along {axis}: "
+                     f"{steps} steps of {step:g} {_AXIS_UNIT[axis]} each way, twice"),
         visits=visits,
     )
 
@@ -157,6 +169,8 @@ def build(config: ProtocolConfig, names=PROTOCOL_NAMES) -> list[Protocol]:
         "hysteresis-y": lambda: hysteresis_line("y", config.step_nm, config.steps),
         "cross": lambda: cross(config.step_nm, config.steps),
         "dwell": lambda: dwell(config.dwell_frames, config.dwell_interval_s),
+        "tilt-alpha": lambda: hysteresis_line("alpha", config.tilt_step_deg, config.tilt_steps),
+        "tilt-beta": lambda: hysteresis_line("beta", config.tilt_step_deg, config.tilt_steps),
     }
     return [makers[name]() for name in PROTOCOL_NAMES if name in wanted]
 

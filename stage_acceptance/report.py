@@ -99,6 +99,7 @@ def results_json(analysis: Analysis, certificate: Certificate, checks: dict[str,
         "axes": {axis: asdict(analysis.axes[axis]) for axis in AXIS_NAMES},
         "coupling": asdict(analysis.coupling),
         "drift_nm_per_min": analysis.drift_nm_per_min,
+        "tilt": {name: asdict(metrics) for name, metrics in analysis.tilt.items()},
         "stage_to_image": {
             "rotation_deg": analysis.transform.rotation_deg,
             "flip_y": analysis.transform.flip_y,
@@ -325,6 +326,36 @@ def figure_repeatability(analysis: Analysis, axis: str) -> bytes | None:
     return _png(fig)
 
 
+def figure_tilt(analysis: Analysis, axis: str) -> bytes | None:
+    """Sideways image shift against the tilt angle for the ``tilt-<axis>`` protocol.
+
+    The shift is projected on the direction the specimen moves for increasing tilt;
+    a eucentric specimen gives a flat line, a height error a slope (nm/deg), and tilt
+    backlash a loop; first steps after a reversal are circled.
+    """
+    frames = _frames_of(analysis, f"tilt-{axis}")
+    metrics = analysis.tilt.get(axis)
+    if len(frames) == 0 or metrics is None or metrics.direction is None:
+        return None
+    k = ("alpha", "beta").index(axis)
+    angle = analysis.session.targets_nm()[frames, 3 + k]
+    position = analysis.actual_positions_nm[frames] @ np.array(metrics.direction)
+    position = position - position[0]
+    kinds = dict(zip(analysis.steps.frame.tolist(), analysis.steps.tilt_kind.tolist()))
+    reversal = np.array([kinds.get(int(f)) == "reversal" for f in frames])
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(angle, position, "-s", color=_COLOURS["actual"], ms=4, lw=1, label="sideways image shift")
+    if reversal.any():
+        ax.plot(angle[reversal], position[reversal], "o", ms=10, mfc="none", mec=_COLOURS["reversal"], mew=1.5,
+                label="first step after a reversal")
+    ax.set_xlabel(f"target {axis} (deg)")
+    ax.set_ylabel("shift (nm)")
+    ax.set_title(f"Tilt {axis}: {metrics.shift_nm_per_deg:.2f} nm/deg", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
 def all_figures(analysis: Analysis) -> dict[str, bytes]:
     """Every figure the session supports, keyed by a short name."""
     makers = {
@@ -336,6 +367,8 @@ def all_figures(analysis: Analysis) -> dict[str, bytes]:
         "repeatability-x": lambda: figure_repeatability(analysis, "x"),
         "repeatability-y": lambda: figure_repeatability(analysis, "y"),
         "drift": lambda: figure_drift(analysis),
+        "tilt-alpha": lambda: figure_tilt(analysis, "alpha"),
+        "tilt-beta": lambda: figure_tilt(analysis, "beta"),
     }
     figures = {}
     for name, make in makers.items():
@@ -383,12 +416,18 @@ def certificate_html(certificate: Certificate, checks: dict[str, Check], *, micr
     e = html.escape
     colour = "#1a7f37" if certificate.accepted else "#b42318"
     verdict = "ACCEPTED" if certificate.accepted else "NOT ACCEPTED"
+    heading = e(certificate.title) if certificate.case is None else f"Case {e(certificate.case)}: {e(certificate.title)}"
+    if certificate.case is None:
+        colour, verdict = "#8a6d00", "NO CASE"
     rows = []
     for check in checks.values():
         state = "not measured" if check.passed is None else ("pass" if check.passed else "FAIL")
         style = "" if check.passed is not False else ' style="color:#b42318;font-weight:bold"'
+        limit = "none set" if check.limit is None else f"&le; {check.limit:g} {e(check.unit)}"
+        if check.limit is None:
+            state = "not judged"
         rows.append(f"<tr><td>{e(check.name)}</td><td>{e(_fmt(check.value, check.unit))}</td>"
-                    f"<td>&le; {check.limit:g} {e(check.unit)}</td><td{style}>{state}</td></tr>")
+                    f"<td>{limit}</td><td{style}>{state}</td></tr>")
     pair_rows = []
     for name, verdict_ in certificate.pairs.items():
         pair_rows.append(f"<tr><td>{e(PAIR_LABELS[name])}</td><td>{_fmt(verdict_.rms_nm, 'nm')}</td>"
@@ -408,8 +447,7 @@ def certificate_html(certificate: Certificate, checks: dict[str, Check], *, micr
                     f"<p>These pairs could not be registered; their actual displacement is not used.</p><ul>{items}</ul>")
     return f"""
 <div id="stage-acceptance-certificate" style="border:3px solid {colour};padding:12px;margin:8px 0;color:#111">
-<h2 style="margin-top:0">Case {e(certificate.case)}: {e(certificate.title)}
- &mdash; <span style="color:{colour}">{verdict}</span></h2>
+<h2 style="margin-top:0">{heading} &mdash; <span style="color:{colour}">{verdict}</span></h2>
 <p><b>{e(certificate.meaning)}</b></p>
 <p>Instrument: <b>{e(microscope)}</b> &middot; Holder: <b>{e(holder)}</b> &middot; Date (UTC): {e(date_utc)}
  &middot; Source: {e(source)}<br>Session recording: <code>{e(session_path)}</code>{results}{minutes}</p>

@@ -12,7 +12,7 @@ from stage_acceptance.analysis import analyse
 from stage_acceptance.certification import certify
 from stage_acceptance.config import MicroscopeConfig, load_holder, load_microscope
 from stage_acceptance.microscope import Envelope
-from stage_acceptance.protocols import PROTOCOL_NAMES, build
+from stage_acceptance.protocols import FAMILIES, build
 from stage_acceptance.session import RecordingWriter, run_protocols
 from stage_acceptance.sim.microscope import SimulatedMicroscope
 
@@ -27,7 +27,7 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
-def record_sim(config: MicroscopeConfig, directory: Path, protocols=PROTOCOL_NAMES, holder="default"):
+def record_sim(config: MicroscopeConfig, directory: Path, protocols=FAMILIES["certification"], holder="default"):
     """Run `protocols` on the simulated microscope of `config`; return (session, microscope)."""
     microscope = SimulatedMicroscope(config)
     meta = {"microscope": config.name, "holder": holder, "pixel_size_nm": config.pixel_size_nm}

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 from stage_acceptance.analysis import (
-    classify_steps, coupling, drift_velocity_nm_per_min, estimate_stage_to_image, lost_motion,
+    classify_steps, coupling, drift_velocity_nm_per_min, estimate_stage_to_image, lost_motion, tilt_response,
     pair_rms_nm, repeatability_nm, step_axis,
 )
 from stage_acceptance.config import SimConfig
@@ -155,3 +155,25 @@ def test_drift_velocity_is_pooled_over_runs(vx, vy, offset):
     p2 = t2[:, None] * v + offset
     velocity = drift_velocity_nm_per_min([t1, t2], [p1, p2])
     np.testing.assert_allclose(velocity, [vx, vy], atol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(slope=st.floats(2.0, 50.0), backlash=st.floats(0.0, 0.5), angle=st.floats(-180, 180))
+def test_tilt_response_recovers_shift_per_degree_and_backlash(slope, backlash, angle):
+    # tilt sequence -2, 0, 2, 4, 6, 4, 2, 0, 2, 4, 6 ... with a dead band
+    targets = np.array([-2, 0, 2, 4, 6, 4, 2, 0, 2, 4, 6, 4, 2, 0], dtype=float)
+    actual, load = [], 0.0
+    for t in targets:
+        if t - load > backlash / 2:
+            load = t - backlash / 2
+        elif t - load < -backlash / 2:
+            load = t + backlash / 2
+        actual.append(load)
+    direction = np.array([np.cos(np.radians(angle)), np.sin(np.radians(angle))])
+    d_theta = np.diff(targets)
+    shifts = np.outer(np.diff(actual) * slope, direction)
+    kind = classify_steps(np.zeros(len(d_theta), dtype=int), np.sign(d_theta).astype(int))
+    result = tilt_response(d_theta, shifts, kind)
+    assert result.shift_nm_per_deg == pytest.approx(slope, rel=1e-9)
+    assert result.backlash_deg == pytest.approx(backlash, abs=1e-9)
+    assert np.allclose(result.direction, direction)

@@ -33,3 +33,8 @@ def test_any_inconsistent_pair_gives_f(agree, inconsistent):
 def test_titles():
     assert CASE_TITLES["f"] == "Misalignment: inconsistent"
     assert sorted(CASE_TITLES) == list("abcdef")
+
+
+def test_no_comparable_pair_certifies_nothing():
+    empty = {n: PairVerdict(n, False, True, None, ()) for n in NAMES}
+    assert alignment_case(empty) is None

@@ -78,3 +78,12 @@ def test_a_protocol_that_would_leave_the_envelope_is_refused_before_the_first_mo
     with pytest.raises(MoveRefused, match=r"x = 1.001e\+06 nm is outside"):
         run_protocols(Envelope(backend, LIMITS), build(ProtocolConfig(), ["hysteresis-x"]), writer)
     assert backend.calls == []
+
+
+def test_a_tilt_protocol_beyond_the_alpha_limit_is_refused_before_moving(tmp_path):
+    backend = RecordingBackend()
+    writer = RecordingWriter(tmp_path / "rec", {"microscope": "fake", "pixel_size_nm": 10.0})
+    protocol = build(ProtocolConfig(tilt_step_deg=8.0, tilt_steps=4), ["tilt-alpha"])
+    with pytest.raises(MoveRefused, match="alpha = 32 deg is outside the holder limit alpha_deg"):
+        run_protocols(Envelope(backend, LIMITS), protocol, writer)
+    assert backend.calls == []

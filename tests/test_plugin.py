@@ -24,13 +24,13 @@ def test_live_run_certifies_writes_report_results_and_recording(suites, tmp_path
     html, results, record = tmp_path / "r.html", tmp_path / "r.json", tmp_path / "rec"
     result = run_suites(suites, f"--microscope={CONFIGS / 'case-a.toml'}", "--html", str(html),
                         "--results-json", str(results), "--record", str(record))
-    result.assert_outcomes(passed=17)
+    result.assert_outcomes(passed=21)
     result.stdout.fnmatch_lines(["*hysteresis-x: moving the stage, 14 frames*", "*case a (Ideal alignment): ACCEPTED*"])
     document = json.loads(results.read_text())
     assert document["schema"] == "stage-acceptance/results" and document["version"] == 1
     assert document["certification"]["case"] == "a" and document["certification"]["accepted"] is True
     assert document["source"] == "live" and document["session"] == str(record)
-    assert document["tests"] == {"passed": 17, "failed": 0, "skipped": 0}
+    assert document["tests"] == {"passed": 21, "failed": 0, "skipped": 0}
     assert set(document) >= {"schema", "version", "microscope", "holder", "source", "session", "certification",
                              "pairs", "axes", "coupling", "drift_nm_per_min", "stage_to_image", "frames", "tests"}
     assert set(document["certification"]) >= {"case", "title", "accepted", "reasons"}
@@ -41,7 +41,7 @@ def test_live_run_certifies_writes_report_results_and_recording(suites, tmp_path
     assert set(document["axes"]["y"]) == set(document["axes"]["x"])
     assert set(document["axes"]["x"]) >= {"backlash_nm", "scale_error", "step_scatter_nm", "reported_backlash_nm",
                                           "reported_scale_error", "repeatability_nm"}
-    assert document["frames"] == len(read_recording(record).frames) == 2 * 14 + 25 + 3
+    assert document["frames"] == len(read_recording(record).frames) == 2 * 14 + 25 + 3 + 2 * 14
     page = html.read_text()
     assert "Case a: Ideal alignment" in page and "ACCEPTED" in page and "data:image/png;base64" in page
 
@@ -68,9 +68,9 @@ def test_replay_certifies_a_recording_the_same_way(suites, tmp_path):
     live, replay, record = tmp_path / "live.json", tmp_path / "replay.json", tmp_path / "rec"
     # case b is accepted, but its 8 % scale error fails the two scale-error tolerances
     run_suites(suites, f"--microscope={CONFIGS / 'case-b.toml'}", "--results-json", str(live),
-               "--record", str(record)).assert_outcomes(passed=15, failed=2)
+               "--record", str(record)).assert_outcomes(passed=19, failed=2)
     result = run_suites(suites, "--replay", str(record), "--holder", "default", "--results-json", str(replay))
-    result.assert_outcomes(passed=15, failed=2)
+    result.assert_outcomes(passed=19, failed=2)
     a, b = json.loads(live.read_text()), json.loads(replay.read_text())
     assert b["source"] == "replay" and b["microscope"] == "case-b"
     assert a["certification"]["case"] == b["certification"]["case"] == "b"
@@ -80,7 +80,7 @@ def test_replay_certifies_a_recording_the_same_way(suites, tmp_path):
 def test_marker_selection_runs_only_the_needed_protocols(suites, tmp_path):
     record = tmp_path / "rec"
     result = run_suites(suites, "-m", "drift", f"--microscope={CONFIGS / 'case-a.toml'}", "--record", str(record))
-    result.assert_outcomes(passed=1, deselected=16)
+    result.assert_outcomes(passed=1, deselected=20)
     assert {f.protocol for f in read_recording(record).frames} == {"dwell"}
 
 
@@ -93,7 +93,7 @@ def test_unknown_microscope_lists_the_available_ones(suites):
 def test_malformed_replay_names_file_and_line(suites, tmp_path):
     record = tmp_path / "rec"
     run_suites(suites, "-m", "drift", f"--microscope={CONFIGS / 'case-a.toml'}",
-               "--record", str(record)).assert_outcomes(passed=1, deselected=16)
+               "--record", str(record)).assert_outcomes(passed=1, deselected=20)
     lines = (record / "frames.jsonl").read_text().splitlines()
     lines[1] = lines[1].replace('"time_s"', '"time"')
     (record / "frames.jsonl").write_text("\n".join(lines) + "\n")

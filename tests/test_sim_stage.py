@@ -104,3 +104,33 @@ def test_readback_jumps_while_the_specimen_stands_still():
     assert s.actual(10.0) == s.actual(5.0)  # nothing moved
     s.move_to(StagePosition(x_nm=0.0), 10.0, 15.0)
     assert s.reported() == StagePosition()  # a move clears the jumps
+
+
+def test_y_and_z_pushes_move_the_specimen_on_an_arc():
+    s = stage(pivot_arm_mm=60.0)
+    s.move_to(StagePosition(y_nm=1.0e6))  # 1 mm
+    arm = 60.0e6
+    assert s.actual(0.0).x_nm == pytest.approx(-(arm - np.sqrt(arm**2 - 1.0e12)))  # about -8.3 um
+    s.move_to(StagePosition(y_nm=1000.0))
+    assert abs(s.actual(0.0).x_nm) < 0.01  # negligible for small moves (8 pm)
+
+
+def test_vacuum_pull_makes_x_asymmetric():
+    s = stage(x_pull_scale_error=0.01)
+    s.move_to(StagePosition(x_nm=1000.0))
+    assert s.actual(0.0).x_nm == pytest.approx(1000.0)  # pushed by the motor: as commanded
+    s.move_to(StagePosition(x_nm=0.0))
+    assert s.actual(0.0).x_nm == pytest.approx(-10.0)  # pulled by the vacuum: 1 % further
+
+
+def test_tilt_moves_a_specimen_off_the_eucentric_height_sideways():
+    s = stage(eucentric_error_nm=1000.0, tilt_backlash_deg=(0.5, 0.0), step_noise_nm=2.0)
+    s.move_to(StagePosition(x_nm=500.0))
+    landed = s.actual(0.0)
+    s.move_to(StagePosition(x_nm=500.0, alpha_deg=10.0))
+    tilted = s.actual(0.0)
+    assert tilted.alpha_deg == pytest.approx(9.75)  # half the dead band behind on the way up
+    assert tilted.y_nm - landed.y_nm == pytest.approx(1000.0 * np.sin(np.radians(9.75)))
+    assert tilted.x_nm == landed.x_nm  # a tilt-only move leaves x and y where they landed
+    s.move_to(StagePosition(x_nm=500.0, alpha_deg=10.0, z_nm=-1000.0))  # z to the eucentric height
+    assert s.actual(0.0).y_nm == pytest.approx(landed.y_nm, abs=1e-9)

@@ -42,6 +42,7 @@ def frame_intensity(
     frame_px: int,
     transform: StageToImage,
     blur_px: float = 0.7,
+    tilt_deg=(0.0, 0.0),
 ) -> np.ndarray:
     """The noiseless image (specimen intensity) for a stage position.
 
@@ -60,6 +61,10 @@ def frame_intensity(
     blur_px : float, optional
         Sigma of the Gaussian probe/pixel blur, pixels (>= 0). About 0.7 px or more
         keeps the image free of aliasing.
+
+    tilt_deg : (float, float), optional
+        Actual alpha and beta tilt (deg): the specimen is foreshortened by their
+        cosines about its own position.
 
     Returns
     -------
@@ -87,9 +92,15 @@ def frame_intensity(
         raise ValueError(f"blur_px must be finite and >= 0, got {blur_px}")
 
     frame_px = int(frame_px)
-    basis_nm = np.linalg.inv(transform.matrix()) * pixel_size_nm  # specimen nm per image pixel (column, row)
+    basis_nm = np.linalg.inv(transform.matrix()) * pixel_size_nm  # column-plane nm per image pixel (column, row)
     centre_px = np.full(2, (frame_px - 1) / 2.0)
     origin_nm = -basis_nm @ centre_px - stage
+    # A specimen tilted by alpha (about x) and beta (about y) is seen foreshortened:
+    # a column-plane offset p from the specimen's position is specimen distance p / cos.
+    alpha, beta = np.deg2rad(np.asarray(tilt_deg, dtype=float))
+    stretch = np.array([1.0 / np.cos(beta), 1.0 / np.cos(alpha)])[:, None]
+    origin_nm = (origin_nm + stage) * stretch[:, 0] - stage
+    basis_nm = basis_nm * stretch
     return specimen.render_grid(
         origin_nm,
         basis_nm[:, 0],
@@ -111,6 +122,7 @@ def render_frame(
     blur_px: float = 0.7,
     scan_jitter_px: float = 0.0,
     read_noise_counts: float = 0.0,
+    tilt_deg=(0.0, 0.0),
 ) -> np.ndarray:
     """The image the detector records with the specimen at a stage position.
 
@@ -140,6 +152,9 @@ def render_frame(
         jitter), pixels (>= 0); see :func:`scan_line_jitter`.
     read_noise_counts : float, optional
         Standard deviation of Gaussian detector read noise added to the counts (>= 0).
+    tilt_deg : (float, float), optional
+        Actual alpha and beta tilt: the specimen is foreshortened by their cosines
+        about its own position.
 
     Returns
     -------
@@ -163,6 +178,7 @@ def render_frame(
         frame_px=frame_px,
         transform=transform,
         blur_px=blur_px,
+        tilt_deg=tilt_deg,
     )
     if scan_jitter_px < 0 or read_noise_counts < 0:
         raise ValueError(f"scan_jitter_px and read_noise_counts must be >= 0, got {scan_jitter_px}, {read_noise_counts}")

@@ -90,6 +90,7 @@ class SimulatedMicroscope:
             blur_px=self.blur_px(actual.z_nm),
             scan_jitter_px=self.sim.scan_jitter_px,
             read_noise_counts=self.sim.read_noise_counts,
+            tilt_deg=(actual.alpha_deg, actual.beta_deg),
         )
         self.truth.append(TruthRecord(mid_frame_s, self._stage.state.target, self._stage.reported(), actual))
         self._clock_s += self.sim.frame_time_s

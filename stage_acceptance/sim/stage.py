@@ -36,6 +36,18 @@ Time and history effects, each off by default (``[sim]`` keys):
   time the position is read while the stage stands still, the reading of x or y
   jumps by that amount (either sign) with that probability, though nothing moved;
   the next move clears it.
+
+Goniometer geometry (paper Figure 1b), each off by default:
+
+* **arcs** (``pivot_arm_mm``): y and z push the holder end, which pivots on a bearing
+  that far from the specimen, so the specimen moves on a sphere: its x falls behind
+  by ``R - sqrt(R**2 - y**2 - z**2)``;
+* **vacuum pull** (``x_pull_scale_error``): x is pushed out by a motor but pulled back
+  by the vacuum, so moves towards -x have this extra scale error;
+* **tilts**: alpha (about x) and beta (about y) follow their targets through a dead
+  band ``tilt_backlash_deg``; with the specimen ``h = eucentric_error_nm + z`` above
+  the tilt axes, tilting moves it sideways by ``h sin(alpha)`` along y and
+  ``h sin(beta)`` along x, and the image is foreshortened by the cosines.
 """
 
 from __future__ import annotations
@@ -70,6 +82,28 @@ class StageState:
     """Full thermal-drift displacement of the last move (speed x time constant), signed."""
     readback_jump_nm: np.ndarray
     """Readback jumps accumulated while standing still since the last move."""
+    pull_offset_nm: float = 0.0
+    """Extra x travel of all moves towards -x (vacuum pull), nm."""
+    tilt_motor_deg: np.ndarray = None
+    tilt_load_deg: np.ndarray = None
+    """Actual alpha and beta of the specimen."""
+
+    def __post_init__(self):
+        if self.tilt_motor_deg is None:
+            self.tilt_motor_deg = np.zeros(2)
+        if self.tilt_load_deg is None:
+            self.tilt_load_deg = np.zeros(2)
+
+
+def _follow(motor: np.ndarray, load: np.ndarray, band: np.ndarray) -> np.ndarray:
+    """New load position after the motor moved to `motor` through a dead band `band`."""
+    half = band / 2.0
+    out = load.copy()
+    up = motor - load > half
+    down = motor - load < -half
+    out[up] = motor[up] - half[up]
+    out[down] = motor[down] + half[down]
+    return out
 
 
 def _transient(amplitude_nm: np.ndarray, time_constant_s: float, elapsed_s: float) -> np.ndarray:
@@ -134,19 +168,19 @@ class SimulatedStage:
         sim = self.sim
         # Creep and thermal drift of the previous move become permanent.
         state.settled_offset_nm = state.settled_offset_nm + self._transients(start_s)
-        motor = (1.0 + self.scale_error) * target.xy_nm()
+        step_x = target.x_nm - state.target.x_nm
+        if step_x < 0:
+            state.pull_offset_nm += sim.x_pull_scale_error * step_x
+        motor = (1.0 + self.scale_error) * target.xy_nm() + np.array([state.pull_offset_nm, 0.0])
         if sim.stick_threshold_nm > 0 and sim.stick_probability > 0:
             small = np.abs(motor - state.motor_nm) < sim.stick_threshold_nm
             stuck = small & (self.effects_rng.random(2) < sim.stick_probability)
             motor = np.where(stuck, state.motor_nm, motor)
         state.travel_nm = state.travel_nm + np.abs(motor - state.motor_nm)
-        half_band = self.backlash_nm / 2.0
-        load = state.load_nm.copy()
-        gap = motor - load
-        pushed_up = gap > half_band
-        pushed_down = gap < -half_band
-        load[pushed_up] = motor[pushed_up] - half_band[pushed_up]
-        load[pushed_down] = motor[pushed_down] + half_band[pushed_down]
+        load = _follow(motor, state.load_nm, self.backlash_nm)
+        state.tilt_motor_deg = np.array([target.alpha_deg, target.beta_deg])
+        state.tilt_load_deg = _follow(state.tilt_motor_deg, state.tilt_load_deg,
+                                      np.asarray(sim.tilt_backlash_deg, dtype=float))
         step = target.xy_nm() - state.target.xy_nm()
         norm = float(np.hypot(*step))
         state.creep_nm = np.asarray(sim.creep_nm, dtype=float) * np.sign(step)
@@ -154,7 +188,8 @@ class SimulatedStage:
         state.thermal_nm = (thermal_speed * sim.thermal_time_s * step / norm) if norm > 0 else np.zeros(2)
         state.motor_nm = motor
         state.load_nm = load
-        state.landing_error_nm = self.rng.normal(0.0, sim.step_noise_nm, size=2)
+        if np.any(step != 0):  # a tilt-only move leaves the x and y drives alone
+            state.landing_error_nm = self.rng.normal(0.0, sim.step_noise_nm, size=2)
         state.target = target
         state.move_end_s = end_s
         state.readback_jump_nm = np.zeros(2)
@@ -170,14 +205,25 @@ class SimulatedStage:
     def mechanical_xy_nm(self) -> np.ndarray:
         """Where the stage mechanics put the specimen at landing (no drift, no creep)."""
         state = self.state
+        sim = self.sim
         t = state.target
         coupled = np.array(
             [
-                state.load_nm[0] + self.sim.coupling_y_to_x * t.y_nm,
-                state.load_nm[1] + self.sim.coupling_x_to_y * t.x_nm,
+                state.load_nm[0] + sim.coupling_y_to_x * t.y_nm,
+                state.load_nm[1] + sim.coupling_x_to_y * t.x_nm,
             ]
         )
-        return coupled + state.landing_error_nm
+        if sim.pivot_arm_mm > 0:
+            arm_nm = sim.pivot_arm_mm * 1.0e6
+            radial = min(state.load_nm[1] ** 2 + t.z_nm ** 2, arm_nm ** 2)
+            coupled[0] -= arm_nm - np.sqrt(arm_nm ** 2 - radial)
+        return coupled + state.landing_error_nm + self.tilt_shift_nm()
+
+    def tilt_shift_nm(self) -> np.ndarray:
+        """Sideways shift ``(h sin beta, h sin alpha)`` of a specimen off the tilt axes."""
+        height = self.sim.eucentric_error_nm + self.state.target.z_nm
+        alpha, beta = np.deg2rad(self.state.tilt_load_deg)
+        return height * np.array([np.sin(beta), np.sin(alpha)])
 
     def drift_xy_nm(self, time_s: float) -> np.ndarray:
         """Drift of the specimen relative to the column at `time_s`."""
@@ -188,7 +234,8 @@ class SimulatedStage:
         xy = (self.mechanical_xy_nm() + self.drift_xy_nm(time_s) + self.state.settled_offset_nm
               + self._transients(time_s))
         t = self.state.target
-        return StagePosition(float(xy[0]), float(xy[1]), t.z_nm, t.alpha_deg, t.beta_deg)
+        alpha, beta = self.state.tilt_load_deg
+        return StagePosition(float(xy[0]), float(xy[1]), t.z_nm, float(alpha), float(beta))
 
     def reported(self) -> StagePosition:
         """What the stage reported at the last reading (no new draw)."""
