@@ -206,6 +206,10 @@ class _RunHooks:
         terminalreporter.write_line(f"{run.microscope_name} with holder '{run.holder.key}': {what}")
         for reason in cert.reasons:
             terminalreporter.write_line(f"  - {reason}")
+        minutes = run.instrument_time_s()
+        if minutes is not None:
+            terminalreporter.write_line(f"instrument time of the session: {minutes / 60:.1f} min "
+                                        f"({len(run.analysis.session.frames)} frames)")
         if self.results_path:
             terminalreporter.write_line(f"results JSON: {self.results_path}")
         if run.session_path:
