@@ -11,12 +11,12 @@ import mrcfile
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, record_sim
+from conftest import CONFIGS, SERIALEM_DATA, record_sim
 from stage_acceptance.analysis import analyse
 from stage_acceptance.config import load_microscope
 from stage_acceptance.registration import register
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "serialem-nist-titan"
+DATA = SERIALEM_DATA
 
 
 def real_pair(name):
@@ -32,7 +32,8 @@ def real_pair(name):
 @pytest.fixture(scope="module")
 def titan():
     if not DATA.is_dir():
-        pytest.fail(f"{DATA} is missing: the shared/ folder must sit beside the project")
+        pytest.fail(f"{DATA} is missing: put the project's shared/ folder beside the checkout, "
+                    "or point STAGE_ACCEPTANCE_SERIALEM_DATA at the SerialEM frames")
     return {name: real_pair(name) for name in ("test_000", "test_001", "test_002")}
 
 

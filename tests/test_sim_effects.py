@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import CONFIGS
+from conftest import CONFIGS, SERIALEM_DATA
 from stage_acceptance.config import ConfigError, load_microscope
 from stage_acceptance.geometry import StagePosition
 from stage_acceptance.registration import register
@@ -16,7 +16,7 @@ from stage_acceptance.sim.imaging import scan_line_jitter
 from stage_acceptance.sim.microscope import SimulatedMicroscope
 from stage_acceptance.sim.specimen import ImageSpecimen, read_image
 
-NIST_MRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "serialem-nist-titan" / "test_000.mrc"
+NIST_MRC = SERIALEM_DATA / "test_000.mrc"
 
 
 def scope(**sim_keys):
