@@ -29,15 +29,18 @@ def open_microscope(config: MicroscopeConfig) -> Microscope:
     ------
     ConfigError
         For a kind this installation cannot drive.
+    RemoteError
+        For a remote microscope that does not answer within its ``timeout_s``.
     """
     if config.kind == "sim":
         from .sim.microscope import SimulatedMicroscope
 
         return SimulatedMicroscope(config)
-    raise ConfigError(
-        f"{config.path}: kind = \"{config.kind}\" needs the ZeroMQ client, which this version does not "
-        f"include yet; use a kind = \"sim\" config or --replay a recording"
-    )
+    if config.kind == "remote" and config.remote is not None:
+        from .remote.client import RemoteMicroscope
+
+        return RemoteMicroscope(config.remote.endpoint, config.remote.timeout_s, keys_dir=config.remote.keys)
+    raise ConfigError(f"{config.path}: kind = \"{config.kind}\" is not a microscope this version can open")
 
 
 def utc_stamp(moment: datetime | None = None) -> str:
@@ -147,8 +150,9 @@ class AcceptanceRun:
         if self._session is None:
             config = self.microscope_config
             microscope = Envelope(open_microscope(config), self.holder.limits)
+            self.microscope_name = microscope.name  # a remote server names its microscope
             meta = {
-                "microscope": config.name,
+                "microscope": microscope.name,
                 "holder": self.holder.key,
                 "pixel_size_nm": microscope.pixel_size_nm,
                 "notes": f"stage-acceptance {__version__}; protocols: {', '.join(protocol_names)}",

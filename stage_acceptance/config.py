@@ -94,6 +94,8 @@ class RemoteConfig:
 
     endpoint: str = "tcp://127.0.0.1:5555"
     timeout_s: float = 30.0
+    keys: Path | None = None
+    """CURVE key folder (``stage-acceptance keys``), relative paths resolved against the config file."""
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,7 @@ MICROSCOPE_SCHEMA: dict[str, Any] = {
             "properties": {
                 "endpoint": {"type": "string", "pattern": "^tcp://.+:[0-9]+$"},
                 "timeout_s": _positive,
+                "keys": {"type": "string", "minLength": 1},
             },
         },
     },
@@ -400,6 +403,8 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
     ConfigError
         One line naming the file, the key and the value.
     """
+    if str(name_or_path).startswith("tcp://"):
+        return remote_endpoint(str(name_or_path))
     path = resolve(name_or_path, MICROSCOPES_DIR, "microscope")
     data = _read_toml(path)
     _finite(data, path)
@@ -444,7 +449,15 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
             coupling_y_to_x=float(coupling.get("y_to_x", 0.0)),
             **raw,
         )
-    remote = RemoteConfig(**data.get("remote", {})) if kind == "remote" else None
+    remote = None
+    if kind == "remote":
+        raw = dict(data.get("remote", {}))
+        if "keys" in raw:
+            keys = (path.parent / raw["keys"]).resolve()
+            if not keys.is_dir():
+                raise ConfigError(f"{path}: key 'remote.keys' has bad value {raw['keys']!r}: no such folder {keys}")
+            raw["keys"] = keys
+        remote = RemoteConfig(**raw)
     holder = data.get("holder", "default")
     return MicroscopeConfig(
         name=data["name"],
@@ -458,6 +471,23 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
         remote=remote,
         path=path,
     )
+
+
+def remote_endpoint(endpoint: str) -> MicroscopeConfig:
+    """The config for ``--microscope tcp://HOST:PORT``: a remote microscope with defaults.
+
+    Pixel size and frame size are 0 here; they come from the server's ``describe``.
+
+    Raises
+    ------
+    ConfigError
+        For an endpoint that is not ``tcp://HOST:PORT``.
+    """
+    problem = schema_problem({"endpoint": endpoint}, MICROSCOPE_SCHEMA["properties"]["remote"])
+    if problem:
+        raise ConfigError(f"--microscope {endpoint}: a remote endpoint must look like tcp://HOST:PORT")
+    return MicroscopeConfig(name=endpoint, kind="remote", pixel_size_nm=0.0, frame_px=0,
+                            remote=RemoteConfig(endpoint=endpoint))
 
 
 def load_holder(name_or_path: str | Path) -> HolderConfig:

@@ -37,11 +37,3 @@ def test_live_run_refuses_an_existing_recording_before_moving(tmp_path):
     record_sim(load_microscope(CONFIGS / "case-a.toml"), tmp_path / "rec", protocols=["dwell"])
     with pytest.raises(ConfigError, match="already holds a recording"):
         AcceptanceRun(str(CONFIGS / "case-a.toml"), None, None, reports_dir=tmp_path, record=str(tmp_path / "rec"))
-
-
-def test_remote_kind_is_refused_with_a_clear_error(tmp_path):
-    path = tmp_path / "r.toml"
-    path.write_text('name = "r"\nkind = "remote"\n')
-    run = AcceptanceRun(str(path), None, None, reports_dir=tmp_path)
-    with pytest.raises(ConfigError, match="ZeroMQ client"):
-        run.session()

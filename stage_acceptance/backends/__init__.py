@@ -1,0 +1,1 @@
+"""Backends for real instruments, each importable without its vendor library."""

@@ -1,0 +1,220 @@
+"""JEOL microscopes through PyJEM (``PyJEM.TEM3.Stage3``), importable without PyJEM.
+
+PyJEM's ``Stage3`` reports ``GetPos()`` as ``[x, y, z, tilt_x, tilt_y, ...]`` in
+nanometres and degrees, moves one axis per call (``SetX``, ``SetY``, ``SetZ``,
+``SetTiltXAngle``, ``SetTiltYAngle``), reports per-axis ``GetStatus()`` (0 at rest,
+1 moving, 2 hardware limit) and stops with ``Stop()``. Its setters can return before
+the stage has started moving, so a status "at rest" right after a call proves nothing:
+:class:`PyJEMStage` waits until the axis is at rest **and** reports the target within a
+tolerance, and stops the stage if that does not happen in time.
+
+On the microscope PC, serve it with :func:`stage_acceptance.remote.server.serve`::
+
+    stage = PyJEMStage(load_stage3())
+    microscope = PyJEMMicroscope(stage, camera, name="grandarm", pixel_size_nm=7.32, frame_px=512)
+    serve(microscope, "tcp://127.0.0.1:5555", load_holder("jeol-double-tilt").limits)
+
+where ``camera()`` returns one image as a 2-D array (the facility's detector call).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+
+from ..geometry import AXES, StagePosition
+
+STATUS_REST = 0
+STATUS_MOVING = 1
+STATUS_HARDWARE_LIMIT = 2
+
+_SETTERS = {"x": "SetX", "y": "SetY", "z": "SetZ", "alpha": "SetTiltXAngle", "beta": "SetTiltYAngle"}
+
+
+class PyJEMError(RuntimeError):
+    """The JEOL stage failed, refused or did not reach a target. The message is one line."""
+
+
+def load_stage3():
+    """A ``PyJEM.TEM3.Stage3`` instance.
+
+    Raises
+    ------
+    PyJEMError
+        If PyJEM is not installed (it exists only on JEOL microscope PCs).
+    """
+    try:
+        from PyJEM import TEM3
+    except ImportError:
+        raise PyJEMError("PyJEM is not installed: the PyJEM backend runs on the JEOL microscope PC "
+                         "(pip install PyJEM there)") from None
+    return TEM3.Stage3()
+
+
+class PyJEMStage:
+    """Confirmed moves of a JEOL stage.
+
+    Parameters
+    ----------
+    stage3 : object
+        ``PyJEM.TEM3.Stage3()`` or anything with the same methods.
+    tolerance_nm : float
+        A move of x, y or z is done when the stage reports the target within this.
+    tolerance_deg : float
+        The same for the tilts.
+    move_timeout_s : float
+        Longest time one axis may take; then the stage is stopped and the move fails.
+    poll_s : float
+        Time between status polls.
+    clock, sleep : callable
+        Time source and sleep (replaceable in tests).
+    """
+
+    def __init__(self, stage3, *, tolerance_nm: float = 50.0, tolerance_deg: float = 0.1,
+                 move_timeout_s: float = 120.0, poll_s: float = 0.05,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        for name, value in (("tolerance_nm", tolerance_nm), ("tolerance_deg", tolerance_deg),
+                            ("move_timeout_s", move_timeout_s), ("poll_s", poll_s)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"PyJEMStage {name} must be a finite number > 0, got {value}")
+        self.stage3 = stage3
+        self.tolerance_nm = float(tolerance_nm)
+        self.tolerance_deg = float(tolerance_deg)
+        self.move_timeout_s = float(move_timeout_s)
+        self.poll_s = float(poll_s)
+        self._clock = clock
+        self._sleep = sleep
+
+    def position(self) -> StagePosition:
+        """``GetPos()`` as a :class:`StagePosition`.
+
+        Raises
+        ------
+        PyJEMError
+            If ``GetPos`` returns fewer than five finite numbers.
+        """
+        values = list(self.stage3.GetPos())
+        if len(values) < 5:
+            raise PyJEMError(f"Stage3.GetPos returned {len(values)} values, expected at least 5 (x, y, z, tx, ty)")
+        try:
+            numbers = [float(v) for v in values[:5]]
+        except (TypeError, ValueError):
+            raise PyJEMError(f"Stage3.GetPos returned non-numbers {values[:5]!r}") from None
+        if not all(math.isfinite(v) for v in numbers):
+            raise PyJEMError(f"Stage3.GetPos returned non-finite values {numbers!r}")
+        return StagePosition(*numbers)
+
+    def _status(self, index: int) -> int:
+        status = list(self.stage3.GetStatus())
+        if len(status) <= index:
+            raise PyJEMError(f"Stage3.GetStatus returned {len(status)} values, expected at least {index + 1}")
+        return int(status[index])
+
+    def _tolerance(self, axis: str) -> float:
+        return self.tolerance_deg if axis in ("alpha", "beta") else self.tolerance_nm
+
+    def move_to(self, target: StagePosition) -> None:
+        """Move axis by axis (x, y, z, alpha, beta) and confirm each.
+
+        Axes already within tolerance are not commanded.
+
+        Raises
+        ------
+        PyJEMError
+            For a hardware limit, or an axis not at the target within ``move_timeout_s``
+            (the stage is stopped first).
+        """
+        goals = dict(zip(AXES, target.as_tuple()))
+        for index, axis in enumerate(AXES):
+            current = dict(zip(AXES, self.position().as_tuple()))[axis]
+            if abs(current - goals[axis]) <= self._tolerance(axis):
+                continue
+            getattr(self.stage3, _SETTERS[axis])(goals[axis])
+            self._confirm(index, axis, goals[axis])
+
+    def _confirm(self, index: int, axis: str, goal: float) -> None:
+        unit = "deg" if axis in ("alpha", "beta") else "nm"
+        deadline = self._clock() + self.move_timeout_s
+        while True:
+            status = self._status(index)
+            if status == STATUS_HARDWARE_LIMIT:
+                self.stage3.Stop()
+                raise PyJEMError(f"stage {axis} hit a hardware limit moving to {goal:g} {unit}; stage stopped")
+            reached = dict(zip(AXES, self.position().as_tuple()))[axis]
+            if status == STATUS_REST and abs(reached - goal) <= self._tolerance(axis):
+                return
+            if self._clock() >= deadline:
+                self.stage3.Stop()
+                raise PyJEMError(f"stage {axis} did not reach {goal:g} {unit} within {self.move_timeout_s:g} s "
+                                 f"(reports {reached:g} {unit}, status {status}); stage stopped")
+            self._sleep(self.poll_s)
+
+    def stop(self) -> None:
+        """Stop every axis where it is."""
+        self.stage3.Stop()
+
+
+class PyJEMMicroscope:
+    """A :class:`~stage_acceptance.microscope.Microscope` of a JEOL stage and a camera.
+
+    Parameters
+    ----------
+    stage : PyJEMStage
+        The stage.
+    camera : callable
+        ``camera()`` returns one image, a 2-D array ``frame_px x frame_px``.
+    name : str
+        Microscope name for the recording and report.
+    pixel_size_nm : float
+        Calibrated pixel size at the magnification used.
+    frame_px : int
+        Frame size in pixels.
+    clock, sleep : callable
+        Instrument time source and sleep (replaceable in tests).
+    """
+
+    def __init__(self, stage: PyJEMStage, camera: Callable[[], np.ndarray], *, name: str,
+                 pixel_size_nm: float, frame_px: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        if not (math.isfinite(pixel_size_nm) and pixel_size_nm > 0):
+            raise ValueError(f"pixel_size_nm must be a finite number > 0, got {pixel_size_nm}")
+        if int(frame_px) < 32:
+            raise ValueError(f"frame_px must be >= 32, got {frame_px}")
+        self.stage = stage
+        self.camera = camera
+        self.name = str(name)
+        self.pixel_size_nm = float(pixel_size_nm)
+        self.frame_px = int(frame_px)
+        self._clock = clock
+        self._sleep = sleep
+
+    def move_to(self, target: StagePosition) -> None:
+        self.stage.move_to(target)
+
+    def position(self) -> StagePosition:
+        return self.stage.position()
+
+    def acquire(self) -> np.ndarray:
+        image = np.asarray(self.camera())
+        if image.shape != (self.frame_px, self.frame_px):
+            raise PyJEMError(f"camera returned an image of shape {image.shape}, expected "
+                             f"({self.frame_px}, {self.frame_px})")
+        return image
+
+    def wait(self, seconds: float) -> None:
+        if not seconds >= 0:
+            raise ValueError(f"wait time must be >= 0 s, got {seconds}")
+        self._sleep(float(seconds))
+
+    def time_s(self) -> float:
+        return float(self._clock())
+
+    def stop(self) -> None:
+        """Stop the stage where it is."""
+        self.stage.stop()
+
+    def close(self) -> None:
+        """Leave the stage where it is; PyJEM holds no connection to release."""

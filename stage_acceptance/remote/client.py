@@ -1,0 +1,175 @@
+"""A :class:`~stage_acceptance.microscope.Microscope` served over ZeroMQ (protocol v1).
+
+Every call has a timeout. When a reply does not come within ``timeout_s`` the call
+raises :class:`RemoteError` and the socket is replaced, so the next call reaches a
+restarted server.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from ..geometry import StagePosition
+from .keys import client_keys
+from .protocol import MAX_MESSAGE_BYTES, ProtocolError, decode_reply, encode_request, position_from_wire, \
+    position_to_wire
+
+
+class RemoteError(RuntimeError):
+    """The remote microscope failed, refused or did not answer. The message is one line."""
+
+
+class RemoteMicroscope:
+    """The client side: a microscope at a ZeroMQ endpoint.
+
+    ``name``, ``pixel_size_nm`` and ``frame_px`` come from the server's ``describe``,
+    asked when the client is created.
+
+    Parameters
+    ----------
+    endpoint : str
+        ``tcp://HOST:PORT`` of a ``stage-acceptance serve`` (or compatible) server.
+    timeout_s : float
+        Longest wait for any reply.
+    keys_dir : str or Path, optional
+        A key folder (``stage-acceptance keys``): connect with CURVE.
+    max_message_bytes : int
+        Larger replies are refused.
+
+    Raises
+    ------
+    RemoteError
+        If the server does not answer ``describe``.
+    """
+
+    def __init__(self, endpoint: str, timeout_s: float = 30.0, *, keys_dir: str | Path | None = None,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES):
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.endpoint = endpoint
+        self.timeout_s = float(timeout_s)
+        self.max_message_bytes = int(max_message_bytes)
+        self._keys = client_keys(keys_dir) if keys_dir is not None else None
+        self._ids = itertools.count(1)
+        self._context = zmq.Context()
+        self._socket = None
+        self._answered = True  # did the last call get a reply? (close() never waits on a lost server)
+        self._connect()
+        try:
+            info = self._request("describe")
+            self.name = str(info["name"])
+            self.pixel_size_nm = float(info["pixel_size_nm"])
+            self.frame_px = int(info["frame_px"])
+            self.limits = {key: (float(low), float(high)) for key, (low, high) in info["limits"].items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            self._release()
+            raise RemoteError(f"remote microscope at {endpoint}: bad describe reply: {exc}") from None
+        except RemoteError:
+            self._release()
+            raise
+
+    # ------------------------------------------------------------------- transport
+
+    def _connect(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+        socket = self._context.socket(zmq.REQ)
+        socket.setsockopt(zmq.LINGER, 0)
+        timeout_ms = max(1, int(self.timeout_s * 1000))
+        socket.setsockopt(zmq.RCVTIMEO, timeout_ms)
+        socket.setsockopt(zmq.SNDTIMEO, timeout_ms)
+        if self._keys is not None:
+            public, secret, server_public = self._keys
+            socket.curve_publickey = public
+            socket.curve_secretkey = secret
+            socket.curve_serverkey = server_public
+        socket.connect(self.endpoint)
+        self._socket = socket
+
+    def _request(self, call: str, args: dict | None = None, *, want_image: bool = False):
+        if self._socket is None:
+            raise RemoteError(f"remote microscope at {self.endpoint}: {call} after close()")
+        request_id = next(self._ids)
+        try:
+            self._socket.send_multipart(encode_request(request_id, call, args))
+            frames = self._socket.recv_multipart()
+        except zmq.Again:
+            self._answered = False
+            self._connect()  # a fresh socket: the next call reaches a restarted server
+            raise RemoteError(f"remote microscope at {self.endpoint}: no reply to '{call}' within "
+                              f"{self.timeout_s:g} s (server stopped, unreachable or refusing our keys)") from None
+        except zmq.ZMQError as exc:
+            self._answered = False
+            self._connect()
+            raise RemoteError(f"remote microscope at {self.endpoint}: '{call}' failed: {exc}") from None
+        self._answered = True
+        try:
+            reply = decode_reply(frames, self.max_message_bytes)
+        except ProtocolError as exc:
+            raise RemoteError(f"remote microscope at {self.endpoint}: bad reply to '{call}': {exc}") from None
+        if reply.id != request_id:
+            self._connect()
+            raise RemoteError(f"remote microscope at {self.endpoint}: reply to '{call}' has id {reply.id}, "
+                              f"expected {request_id}")
+        if not reply.ok:
+            raise RemoteError(f"remote microscope at {self.endpoint}: {call}: {reply.error}")
+        if want_image:
+            if reply.image is None:
+                raise RemoteError(f"remote microscope at {self.endpoint}: reply to '{call}' has no image")
+            return reply.result, reply.image
+        return reply.result
+
+    # ------------------------------------------------------------------- Microscope
+
+    def move_to(self, target: StagePosition) -> None:
+        self._request("move_to", {"target": position_to_wire(target)})
+
+    def position(self) -> StagePosition:
+        result = self._request("position")
+        try:
+            return position_from_wire(result.get("position"))
+        except ProtocolError as exc:
+            raise RemoteError(f"remote microscope at {self.endpoint}: bad position reply: {exc}") from None
+
+    def acquire(self) -> np.ndarray:
+        _, image = self._request("acquire", want_image=True)
+        return image
+
+    def wait(self, seconds: float) -> None:
+        self._request("wait", {"seconds": float(seconds)})
+
+    def time_s(self) -> float:
+        value = self._request("time").get("time_s")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RemoteError(f"remote microscope at {self.endpoint}: bad time reply {value!r}")
+        return float(value)
+
+    def stop(self) -> None:
+        """Ask the server to stop the stage where it is."""
+        self._request("stop")
+
+    def close(self) -> None:
+        """Tell the server we are done and release the socket.
+
+        After a call that got no reply the server is not asked (that would wait another
+        ``timeout_s``); the socket is released either way.
+        """
+        if self._socket is None:
+            return
+        try:
+            if self._answered:
+                self._request("close")
+        except RemoteError:
+            pass  # the server went away just now; there is nothing left to release on its side
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        self._context.term()

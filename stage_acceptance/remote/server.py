@@ -1,0 +1,209 @@
+"""Serve any :class:`~stage_acceptance.microscope.Microscope` over ZeroMQ (protocol v1).
+
+The server answers one request at a time on a REP socket. It enforces the holder's
+travel limits itself (an :class:`~stage_acceptance.microscope.Envelope` sits between
+the socket and the backend), so a misbehaving client cannot drive the stage out of
+limits. A malformed or oversized message gets an error reply; the server keeps
+serving. It binds loopback unless CURVE keys are given.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from ..geometry import AXES, AXIS_UNITS
+from ..microscope import Envelope, Microscope, MoveRefused
+from .keys import authorized_dir, server_secret
+from .protocol import (MAX_MESSAGE_BYTES, ProtocolError, Request, decode_request, encode_error, encode_reply,
+                       position_from_wire, position_to_wire)
+
+POLL_INTERVAL_S = 0.1
+"""How often the serving loop looks at its stop event."""
+
+HARD_LIMIT_MARGIN_BYTES = 16 * 1024 * 1024
+"""A single frame larger than the message limit plus this is dropped unread by ZeroMQ."""
+
+_TCP = re.compile(r"^tcp://(\[[^\]]+\]|[^:/]+):([0-9]+)$")
+
+
+class ServeError(ValueError):
+    """The server cannot start with these settings. The message is one line."""
+
+
+def is_loopback(bind: str) -> bool:
+    """Whether a ``tcp://HOST:PORT`` endpoint binds the loopback interface only.
+
+    Raises
+    ------
+    ServeError
+        For an endpoint that is not ``tcp://HOST:PORT``.
+    """
+    match = _TCP.match(bind)
+    if not match:
+        raise ServeError(f"bind endpoint {bind!r} must look like tcp://HOST:PORT")
+    host = match.group(1).strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def describe(microscope: Microscope, limits: dict[str, tuple[float, float]]) -> dict:
+    """The ``describe`` result: name, pixel size, frame size, axes and limits."""
+    return {
+        "name": str(microscope.name),
+        "pixel_size_nm": float(microscope.pixel_size_nm),
+        "frame_px": int(microscope.frame_px),
+        "axes": [{"name": axis, "unit": AXIS_UNITS[axis]} for axis in AXES],
+        "limits": {key: [float(low), float(high)] for key, (low, high) in limits.items()},
+    }
+
+
+class Handler:
+    """Turns request frames into reply frames for one microscope (no sockets).
+
+    Parameters
+    ----------
+    microscope : Microscope
+        The backend.
+    limits : dict
+        Holder limits (``x_nm``, ..., ``beta_deg``), enforced on every ``move_to``.
+    delay_s : float
+        Delay before every reply (to test slow servers and slow instruments).
+    max_message_bytes : int
+        Larger requests get an error reply.
+    """
+
+    def __init__(self, microscope: Microscope, limits: dict[str, tuple[float, float]], *,
+                 delay_s: float = 0.0, max_message_bytes: int = MAX_MESSAGE_BYTES):
+        if delay_s < 0:
+            raise ServeError(f"delay_s must be >= 0, got {delay_s}")
+        self.envelope = Envelope(microscope, limits)
+        self.limits = dict(limits)
+        self.delay_s = float(delay_s)
+        self.max_message_bytes = int(max_message_bytes)
+
+    def handle(self, frames: list[bytes]) -> list[bytes]:
+        """Answer one request; never raises for anything a client sends."""
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        try:
+            request = decode_request(frames, self.max_message_bytes)
+        except ProtocolError as exc:
+            return encode_error(exc.request_id, f"bad request: {exc}")
+        try:
+            return self._call(request)
+        except MoveRefused as exc:
+            return encode_error(request.id, str(exc))
+        except Exception as exc:  # a backend failure is reported to the client, not fatal to the server
+            return encode_error(request.id, f"{request.call} failed on the microscope: {type(exc).__name__}: {exc}")
+
+    def _call(self, request: Request) -> list[bytes]:
+        microscope = self.envelope
+        if request.call == "describe":
+            return encode_reply(request.id, describe(microscope.microscope, self.limits))
+        if request.call == "move_to":
+            microscope.move_to(position_from_wire(request.args["target"], "move_to target"))
+            return encode_reply(request.id, {})
+        if request.call == "position":
+            return encode_reply(request.id, {"position": position_to_wire(microscope.position())})
+        if request.call == "acquire":
+            return encode_reply(request.id, {}, image=microscope.acquire())
+        if request.call == "wait":
+            microscope.wait(float(request.args["seconds"]))
+            return encode_reply(request.id, {})
+        if request.call == "time":
+            return encode_reply(request.id, {"time_s": float(microscope.time_s())})
+        if request.call == "stop":
+            stop = getattr(microscope.microscope, "stop", None)
+            if callable(stop):
+                stop()
+            return encode_reply(request.id, {"stopped": callable(stop)})
+        # close: the client is done; the backend stays open for the next client.
+        return encode_reply(request.id, {})
+
+
+def serve(microscope: Microscope, bind: str, limits: dict[str, tuple[float, float]], *,
+          keys_dir: str | Path | None = None, delay_s: float = 0.0,
+          max_message_bytes: int = MAX_MESSAGE_BYTES, stop_event: threading.Event | None = None,
+          ready=None) -> None:
+    """Serve `microscope` on `bind` until `stop_event` is set or Ctrl-C.
+
+    Parameters
+    ----------
+    microscope : Microscope
+        The backend; closed when serving ends.
+    bind : str
+        ``tcp://HOST:PORT``. A non-loopback host needs `keys_dir`.
+    limits : dict
+        Holder travel limits, enforced by the server on every move.
+    keys_dir : str or Path, optional
+        A folder made by ``stage-acceptance keys``: enables CURVE; only client public
+        keys in ``keys_dir/authorized/`` may connect.
+    delay_s : float
+        Delay before every reply.
+    max_message_bytes : int
+        Larger requests get an error reply.
+    stop_event : threading.Event, optional
+        Set it to stop serving.
+    ready : callable, optional
+        Called with the bound endpoint once the socket listens.
+
+    Raises
+    ------
+    ServeError
+        For a non-loopback bind without keys, a bad endpoint, or a port in use.
+    """
+    try:
+        handler = Handler(microscope, limits, delay_s=delay_s, max_message_bytes=max_message_bytes)
+        if not is_loopback(bind) and keys_dir is None:
+            raise ServeError(f"bind {bind} is not loopback: give CURVE keys (--keys DIR, made by "
+                             f"'stage-acceptance keys DIR') to serve on the network")
+    except Exception:
+        microscope.close()
+        raise
+    context = zmq.Context()
+    authenticator = None
+    socket = context.socket(zmq.REP)
+    try:
+        socket.setsockopt(zmq.LINGER, 0)
+        # A frame far beyond the limit is dropped by ZeroMQ (the peer is disconnected)
+        # instead of being read into memory; a slightly oversized one gets an error reply.
+        socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + HARD_LIMIT_MARGIN_BYTES)
+        if keys_dir is not None:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            public, secret = server_secret(keys_dir)
+            authenticator = ThreadAuthenticator(context)
+            authenticator.start()
+            authenticator.configure_curve(domain="*", location=str(authorized_dir(keys_dir)))
+            socket.curve_publickey = public
+            socket.curve_secretkey = secret
+            socket.curve_server = True
+        try:
+            socket.bind(bind)
+        except zmq.ZMQError as exc:
+            raise ServeError(f"cannot bind {bind}: {exc}") from None
+        if ready is not None:
+            ready(bind)
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        while stop_event is None or not stop_event.is_set():
+            if not poller.poll(int(POLL_INTERVAL_S * 1000)):
+                continue
+            frames = socket.recv_multipart(copy=True)
+            socket.send_multipart(handler.handle(frames), copy=False)
+    finally:
+        socket.close(linger=0)
+        if authenticator is not None:
+            authenticator.stop()
+        context.term()
+        microscope.close()

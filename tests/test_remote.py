@@ -1,0 +1,299 @@
+"""The remote protocol, server and client, for real over loopback (server subprocesses on free ports)."""
+
+from __future__ import annotations
+
+import json
+import math
+import select
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from conftest import CONFIGS, record_sim
+from stage_acceptance.acceptance import AcceptanceRun
+from stage_acceptance.config import ConfigError, load_holder, load_microscope
+from stage_acceptance.geometry import StagePosition
+from stage_acceptance.microscope import Envelope
+from stage_acceptance.protocols import FAMILIES, build
+from stage_acceptance.remote.client import RemoteError, RemoteMicroscope
+from stage_acceptance.remote.protocol import (MAX_MESSAGE_BYTES, PROTOCOL, ProtocolError,
+                                              decode_reply, decode_request, encode_reply, encode_request)
+from stage_acceptance.remote.server import HARD_LIMIT_MARGIN_BYTES
+from stage_acceptance.session import RecordingWriter, read_recording, run_protocols
+
+CASE_A = str(CONFIGS / "case-a.toml")
+STARTUP_S = 20.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(microscope: str, port: int, *extra: str) -> subprocess.Popen:
+    """Start a server and return once it listens (its first stdout line says so)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stage_acceptance.cli", "serve", "--microscope", microscope,
+         "--bind", f"tcp://127.0.0.1:{port}", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.2)
+        if ready:
+            line = process.stdout.readline()
+            if "serving" in line:
+                return process
+        if process.poll() is not None:
+            break
+    if process.poll() is None:
+        process.kill()
+    _, error = process.communicate(timeout=10)
+    raise RuntimeError(f"server did not start within {STARTUP_S:g} s: {error.strip()}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """Stop a server (SIGTERM, then SIGKILL) and reap it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
+
+@pytest.fixture
+def server():
+    """``server(*extra_args, microscope=CASE_A, port=None)`` starts a server; all are stopped at teardown."""
+    started = []
+
+    def start(*extra, microscope=CASE_A, port=None):
+        port = port or free_port()
+        process = start_server(microscope, port, *extra)
+        started.append(process)
+        return f"tcp://127.0.0.1:{port}", process
+
+    yield start
+    for process in started:
+        stop_server(process)
+
+
+def raw_request(endpoint: str, frames: list[bytes], timeout_s: float = 5.0) -> dict:
+    """Send raw frames with a plain REQ socket; return the reply header."""
+    context = zmq.Context()
+    sock = context.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart(frames)
+        reply = sock.recv_multipart()
+        return json.loads(reply[0])
+    finally:
+        sock.close(linger=0)
+        context.term()
+
+
+def header(call: str, args: dict | None = None, request_id: int = 7, **override) -> bytes:
+    data = {"protocol": PROTOCOL, "version": 1, "id": request_id, "call": call, "args": args or {}}
+    data.update(override)
+    return json.dumps(data).encode()
+
+
+def record_remote(client, directory: Path, protocols, holder="default", config=None):
+    """Record `protocols` through `client` like record_sim does locally."""
+    config = config or load_microscope(CASE_A)
+    meta = {"microscope": client.name, "holder": holder, "pixel_size_nm": client.pixel_size_nm}
+    writer = RecordingWriter(directory, meta)
+    return run_protocols(Envelope(client, load_holder(holder).limits), build(config.protocol, protocols), writer)
+
+
+# --------------------------------------------------------------------------- wire format (no sockets)
+
+
+def test_request_round_trip_and_validation():
+    request = decode_request(encode_request(3, "move_to", {"target": StagePosition(1, 2, 3, 4, 5).as_dict()}))
+    assert (request.id, request.call) == (3, "move_to")
+    bad = {
+        b"not json": "not UTF-8 JSON",
+        b"[1, 2]": "must be a JSON object",
+        header("describe", protocol="other"): "'protocol'",
+        header("describe", version=2): "'version'",
+        header("describe", request_id=-1): "'id'",
+        header("fly"): "unknown call",
+        header("wait", {"seconds": -1}): "finite number >= 0",
+        header("wait", {}): "exactly the keys",
+        header("move_to", {"target": {"x": 1}}): "lacks key",
+        header("describe", extra=1): "unknown request header key",
+        b'{"protocol": "stage-acceptance/remote", "version": 1, "id": 1, "call": "wait", '
+        b'"args": {"seconds": NaN}}': "not UTF-8 JSON",
+    }
+    for frames, message in bad.items():
+        with pytest.raises(ProtocolError, match=message):
+            decode_request([frames])
+    with pytest.raises(ProtocolError, match="exceeds the maximum"):
+        decode_request([header("describe"), b"x" * 100], max_message_bytes=50)
+    with pytest.raises(ProtocolError) as info:
+        decode_request([header("fly", request_id=12)])
+    assert info.value.request_id == 12
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32", "float64", "uint8"])
+def test_image_reply_round_trip(dtype):
+    image = (np.arange(12).reshape(3, 4) * 7).astype(dtype)
+    reply = decode_reply(encode_reply(5, {}, image=image))
+    assert reply.ok and reply.id == 5 and reply.image.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(reply.image, image)
+    frames = encode_reply(5, {}, image=image)
+    with pytest.raises(ProtocolError, match="bytes; dtype"):
+        decode_reply([frames[0], frames[1][:-1]])
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_tcp_string_is_a_remote_config_with_defaults():
+    config = load_microscope("tcp://127.0.0.1:6000")
+    assert config.kind == "remote" and config.remote.endpoint == "tcp://127.0.0.1:6000"
+    assert config.holder == "default" and config.pixel_size_nm == 0.0
+    with pytest.raises(ConfigError, match="tcp://HOST:PORT"):
+        load_microscope("tcp://nohost")
+
+
+def test_remote_config_keys_folder_must_exist(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('name = "r"\nkind = "remote"\n[remote]\nkeys = "nothere"\n')
+    with pytest.raises(ConfigError, match="remote.keys"):
+        load_microscope(path)
+
+
+def test_lost_server_is_a_clear_error_within_timeout(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text(f'name = "r"\nkind = "remote"\n[remote]\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
+                    f'timeout_s = 0.5\n')
+    run = AcceptanceRun(str(path), None, None, reports_dir=tmp_path)
+    start = time.monotonic()
+    with pytest.raises(RemoteError, match=r"no reply to 'describe' within 0.5 s"):
+        run.session()
+    assert time.monotonic() - start < 1.5  # one timeout, no second wait on close
+
+
+# --------------------------------------------------------------------------- over loopback
+
+
+def test_remote_run_certifies_exactly_as_local(server, tmp_path):
+    endpoint, _ = server()
+    remote_config = tmp_path / "remote.toml"
+    remote_config.write_text(
+        f'name = "case-a-remote"\nkind = "remote"\nholder = "default"\n'
+        f'[stage_to_image]\nrotation_deg = 0.0\nflip_y = false\n'
+        f'[protocol]\nstep_nm = 600.0\nsteps = 3\ndwell_frames = 3\ndwell_interval_s = 30.0\n'
+        f'[remote]\nendpoint = "{endpoint}"\ntimeout_s = 20.0\n')
+    runs = {}
+    for label, microscope in (("local", CASE_A), ("remote", str(remote_config))):
+        run = AcceptanceRun(microscope, None, None, reports_dir=tmp_path / label)
+        run.session(FAMILIES["certification"])
+        run.evaluate()
+        runs[label] = run
+    local, remote = runs["local"], runs["remote"]
+    assert remote.session().pixel_size_nm == 15.0 and remote.session().microscope == "case-a"
+    for a, b in zip(local.session().frames, remote.session().frames, strict=True):
+        assert (a.time_s, a.target, a.reported) == (b.time_s, b.target, b.reported)
+    np.testing.assert_array_equal(local.session().image(5), remote.session().image(5))
+    assert local.certificate.case == remote.certificate.case
+    assert local.certificate == remote.certificate
+    assert {k: c.passed for k, c in local.checks.items()} == {k: c.passed for k, c in remote.checks.items()}
+
+
+def test_tcp_microscope_option_takes_pixel_size_from_the_server(server, tmp_path):
+    endpoint, _ = server()
+    run = AcceptanceRun(endpoint, None, None, reports_dir=tmp_path, record=str(tmp_path / "rec"))
+    session = run.session(("dwell",))
+    assert session.pixel_size_nm == 15.0 and session.image(0).shape == (128, 128)
+    assert read_recording(tmp_path / "rec").microscope == "case-a" and run.microscope_name == "case-a"
+
+
+def test_malformed_and_oversized_messages_get_error_replies(server):
+    endpoint, process = server()
+    cases = [
+        ([b"\xff\xfe garbage"], "not UTF-8 JSON"),
+        ([b'{"protocol": 1}'], "'protocol'"),
+        ([header("fly", request_id=9)], "unknown call"),
+        ([header("wait", {"seconds": "soon"})], "finite number"),
+        ([header("describe"), b"extra frame"], "one frame"),
+        ([header("describe"), b"\0" * (MAX_MESSAGE_BYTES + 1)], "exceeds the maximum"),
+    ]
+    for frames, message in cases:
+        reply = raw_request(endpoint, frames)
+        assert reply["ok"] is False and message in reply["error"] and "\n" not in reply["error"]
+    assert raw_request(endpoint, [header("fly", request_id=9)])["id"] == 9
+    with pytest.raises(zmq.Again):  # far too large: dropped unread, the sender is disconnected
+        raw_request(endpoint, [header("describe"), b"\0" * (MAX_MESSAGE_BYTES + HARD_LIMIT_MARGIN_BYTES + 1)],
+                    timeout_s=1.0)
+    described = raw_request(endpoint, [header("describe", request_id=10)])
+    assert described["ok"] and described["id"] == 10 and described["result"]["frame_px"] == 128
+    assert described["result"]["limits"]["x_nm"] == [-1000000.0, 1000000.0]
+    assert process.poll() is None
+
+
+def test_server_refuses_out_of_limit_moves_from_a_raw_client(server):
+    endpoint, _ = server()
+    far = StagePosition(x_nm=5e6).as_dict()
+    reply = raw_request(endpoint, [header("move_to", {"target": far})])
+    assert reply["ok"] is False and "outside the holder limit x_nm" in reply["error"]
+    inside = StagePosition(x_nm=500.0).as_dict()
+    assert raw_request(endpoint, [header("move_to", {"target": inside})])["ok"]
+    position = raw_request(endpoint, [header("position")])["result"]["position"]
+    assert math.isclose(position["x"], 500.0, abs_tol=5.0)  # reported noise 0.5 nm
+
+
+def test_killed_server_ends_the_run_clearly_and_restart_continues(server, tmp_path):
+    port = free_port()
+    endpoint, process = server(port=port)
+    client = RemoteMicroscope(endpoint, timeout_s=1.0)
+    killed_at = []
+
+    def kill_after_four(name, done, total):
+        if done == 4 and not killed_at:
+            process.kill()
+            process.wait(timeout=10)
+            killed_at.append(time.monotonic())
+
+    config = load_microscope(CASE_A)
+    writer = RecordingWriter(tmp_path / "partial", {"microscope": client.name, "pixel_size_nm": 15.0})
+    with pytest.raises(RemoteError, match=r"no reply to '\w+' within 1 s"):
+        run_protocols(Envelope(client, load_holder("default").limits), build(config.protocol, ("hysteresis-x",)),
+                      writer, progress=kill_after_four)
+    assert time.monotonic() - killed_at[0] < 2.5
+    partial = read_recording(tmp_path / "partial")
+    assert len(partial.frames) == 4 and partial.image(3).shape == (128, 128)
+
+    server(port=port)
+    session = record_remote(client, tmp_path / "after", ("dwell",))
+    assert len(session.frames) == config.protocol.dwell_frames
+    client.close()
+
+
+def test_slow_server_does_not_corrupt_the_recording(server, tmp_path):
+    endpoint, _ = server("--delay-s", "0.02")
+    client = RemoteMicroscope(endpoint, timeout_s=5.0)
+    remote = record_remote(client, tmp_path / "remote", ("dwell", "cross"))
+    client.close()
+    local, _ = record_sim(load_microscope(CASE_A), tmp_path / "local", protocols=("dwell", "cross"))
+    back = read_recording(tmp_path / "remote")
+    assert len(back.frames) == len(local.frames)
+    for index, (a, b) in enumerate(zip(local.frames, back.frames, strict=True)):
+        assert (a.target, a.reported, a.time_s) == (b.target, b.reported, b.time_s)
+        np.testing.assert_array_equal(local.image(index), back.image(index))
+    assert remote.frames == back.frames
