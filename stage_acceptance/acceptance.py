@@ -7,6 +7,7 @@ through fixtures; everything worth testing lives here.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -105,6 +106,9 @@ class AcceptanceRun:
         self.certificate: Certificate | None = None
         self.checks: dict[str, Check] | None = None
         self._figures: dict[str, bytes] | None = None
+        self._partial: Session | None = None
+        self.incomplete: str | None = None
+        """Why a live run ended before its last frame (None for a complete run)."""
         self.started = datetime.now(timezone.utc)
         if replay and record:
             raise ConfigError(f"--record {record}: a replay analyses {replay} and records nothing; drop --record")
@@ -160,13 +164,46 @@ class AcceptanceRun:
             if config.stage_to_image is not None:
                 meta["stage_to_image"] = {"rotation_deg": config.stage_to_image.rotation_deg,
                                           "flip_y": config.stage_to_image.flip_y}
+            writer = RecordingWriter(self.outputs.recording, meta)
             try:
-                writer = RecordingWriter(self.outputs.recording, meta)
                 self._session = run_protocols(microscope, build(config.protocol, protocol_names), writer,
                                               settle_s=config.protocol.settle_s, progress=progress)
+            except BaseException as exc:
+                reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc).splitlines()[0]
+                if isinstance(exc, KeyboardInterrupt):
+                    # Ctrl-C: abort the move under way and leave the stage where it is.
+                    try:
+                        microscope.stop()
+                        reason += ", stage stopped where it was"
+                    except Exception as stop_error:  # the interruption is what the user must see
+                        reason += f", and stopping the stage failed: {stop_error}"
+                partial = writer.close()
+                self.incomplete = (f"the run stopped after {len(partial.frames)} frame(s): {reason}; "
+                                   f"the recording is intact up to its last frame")
+                self._partial = partial
+                raise
             finally:
                 microscope.close()
         return self._session
+
+    def evaluate_partial(self) -> Analysis | None:
+        """Analyse what an interrupted run recorded, for the partial report.
+
+        Returns
+        -------
+        Analysis or None
+            None when the partial session is too short to analyse.
+        """
+        if self.analysis is None and self._partial is not None and len(self._partial.frames) >= 2:
+            try:
+                self.analysis = analyse(self._partial)
+            except ValueError:
+                return None
+            partial = certify(self.analysis, self.holder)
+            self.certificate = dataclasses.replace(
+                partial, accepted=False, reasons=partial.reasons + ("the run is incomplete: nothing is accepted",))
+            self.checks = metric_checks(self.analysis, self.holder)
+        return self.analysis
 
     def evaluate(self, progress: Callable[[str], None] | None = None) -> Analysis:
         """Analyse and certify the session (once)."""
@@ -186,9 +223,10 @@ class AcceptanceRun:
 
     def instrument_time_s(self) -> float | None:
         """Instrument time the session took (last frame time), if acquired."""
-        if self._session is None:
+        session = self._session or self._partial
+        if session is None or not session.frames:
             return None
-        return float(self._session.frames[-1].time_s)
+        return float(session.frames[-1].time_s)
 
     def results(self, tests: dict[str, int]) -> dict:
         """The results-v1 document (requires :meth:`evaluate` to have run)."""
@@ -198,7 +236,7 @@ class AcceptanceRun:
             self.analysis, self.certificate, self.checks,
             microscope=self.microscope_name, holder=self.holder.key, source=self.source,
             session_path=str(self.session_path), tests=tests,
-            extra={"holder_name": self.holder.name, "date_utc": self.started.isoformat(timespec="seconds"),
+            extra={"incomplete": self.incomplete, "holder_name": self.holder.name, "date_utc": self.started.isoformat(timespec="seconds"),
                    "instrument_time_s": self.instrument_time_s(), "stage_acceptance_version": __version__},
         )
 

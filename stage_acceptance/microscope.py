@@ -46,6 +46,9 @@ class Microscope(Protocol):
     def time_s(self) -> float:
         """Instrument clock in seconds (monotonic; origin arbitrary)."""
 
+    def stop(self) -> None:
+        """Abort a move under way and leave the stage where it is."""
+
     def close(self) -> None:
         """Release the microscope (leave the stage where it is)."""
 

@@ -18,7 +18,7 @@ import pytest
 from .acceptance import AcceptanceRun
 from .config import ConfigError
 from .protocols import FAMILIES, PROTOCOL_NAMES, protocols_for_families
-from .report import certificate_html, png_base64
+from .report import certificate_html, incomplete_html, png_base64
 from .session import RecordingError
 
 RUN_KEY = pytest.StashKey[AcceptanceRun]()
@@ -27,8 +27,9 @@ HOOKS_KEY = pytest.StashKey["_RunHooks"]()
 
 def pytest_addoption(parser):
     group = parser.getgroup("stage-acceptance", "stage acceptance (Fiedler et al. 2023 framework)")
-    group.addoption("--microscope", default="sim", metavar="NAME|PATH",
-                    help="microscope config: a name under fixtures/microscopes/ or a TOML path (default: sim)")
+    group.addoption("--microscope", default="sim", metavar="NAME|PATH|tcp://HOST:PORT",
+                    help="microscope config: a name under fixtures/microscopes/, a TOML path, or the endpoint of a "
+                         "stage-acceptance server (default: sim)")
     group.addoption("--holder", default=None, metavar="NAME|PATH",
                     help="holder tolerance file: a name under fixtures/holders/ or a TOML path "
                          "(default: the holder the microscope config names)")
@@ -192,11 +193,18 @@ class _RunHooks:
                 self.tests["failed"] += 1
 
     def pytest_sessionfinish(self, session, exitstatus):
+        if self.run.incomplete:
+            self.run.evaluate_partial()
         if self.run.analysis is not None:
             self.results_path = self.run.write_results(self.tests)
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         run = self.run
+        if run.incomplete:
+            terminalreporter.section("stage acceptance: INCOMPLETE RUN", red=True)
+            terminalreporter.write_line(run.incomplete)
+            if run.session_path:
+                terminalreporter.write_line(f"session recording: {run.session_path}")
         if run.certificate is None:
             return
         cert = run.certificate
@@ -220,6 +228,8 @@ class _RunHooks:
 
     def pytest_html_results_summary(self, prefix, summary, postfix, session):
         run = self.run
+        if run.incomplete:
+            prefix.append(incomplete_html(run.incomplete, str(run.session_path)))
         if run.certificate is None:
             return
         prefix.append(certificate_html(

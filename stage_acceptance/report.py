@@ -463,3 +463,15 @@ def certificate_html(certificate: Certificate, checks: dict[str, Check], *, micr
 {images}
 </div>
 """
+
+
+def incomplete_html(reason: str, session_path: str) -> str:
+    """A banner for a run that ended before its last frame (HTML fragment).
+
+    Whatever follows it (metrics, case) rests on the frames taken before the stop.
+    """
+    e = html.escape
+    return (f'<div id="stage-acceptance-incomplete" style="border:3px solid #b42318;padding:12px;margin:8px 0;'
+            f'color:#111"><h2 style="margin-top:0;color:#b42318">INCOMPLETE RUN</h2><p>{e(reason)}.</p>'
+            f'<p>Session recording: <code>{e(session_path)}</code>. Any metrics and case below come from '
+            f'the frames taken before the stop and certify nothing.</p></div>')

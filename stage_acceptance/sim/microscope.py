@@ -110,5 +110,8 @@ class SimulatedMicroscope:
     def time_s(self) -> float:
         return self._clock_s
 
+    def stop(self) -> None:
+        """A simulated move is instantaneous: there is never a move to abort."""
+
     def close(self) -> None:
         """Nothing to release for a simulation."""
