@@ -103,3 +103,25 @@ def test_pyjem_microscope_behind_the_server_enforces_limits():
     assert stopped.result == {"stopped": True} and stand_in.calls[-1] == ("Stop",)
     microscope.wait(30.0)
     assert microscope.time_s() >= 30.0
+
+
+def test_stop_from_another_thread_aborts_a_move_under_way():
+    import threading
+
+    stage3 = pyjem_standin.Stage3(stuck_axis=0)  # x never arrives on its own
+    stage = PyJEMStage(stage3, move_timeout_s=30.0, poll_s=0.01)
+    errors = []
+
+    def move():
+        try:
+            stage.move_to(StagePosition(x_nm=10_000.0))
+        except PyJEMError as exc:
+            errors.append(str(exc))
+
+    thread = threading.Thread(target=move)
+    thread.start()
+    threading.Event().wait(0.1)
+    stage.stop()
+    thread.join(5.0)
+    assert not thread.is_alive()
+    assert errors and "aborted by stop" in errors[0]

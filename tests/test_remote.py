@@ -297,3 +297,91 @@ def test_slow_server_does_not_corrupt_the_recording(server, tmp_path):
         assert (a.target, a.reported, a.time_s) == (b.target, b.reported, b.time_s)
         np.testing.assert_array_equal(local.image(index), back.image(index))
     assert remote.frames == back.frames
+
+
+class SlowMover:
+    """A backend whose moves take until stopped (or 5 s), for the stop test."""
+
+    name, pixel_size_nm, frame_px = "slow", 10.0, 32
+
+    def __init__(self):
+        import threading
+
+        self.stopped = threading.Event()
+        self.moves_started = threading.Event()
+
+    def move_to(self, target):
+        self.moves_started.set()
+        if not self.stopped.wait(5.0):
+            return
+        raise RuntimeError("move aborted by stop")
+
+    def position(self):
+        from stage_acceptance.geometry import StagePosition
+
+        return StagePosition()
+
+    def acquire(self):
+        import numpy as np
+
+        return np.zeros((32, 32), dtype=np.uint16)
+
+    def wait(self, seconds):
+        pass
+
+    def time_s(self):
+        return 0.0
+
+    def stop(self):
+        self.stopped.set()
+
+    def close(self):
+        pass
+
+
+def test_stop_aborts_a_move_under_way_and_other_calls_are_refused_as_busy():
+    import socket as socketlib
+    import threading
+    import time
+
+    from stage_acceptance.config import load_holder
+    from stage_acceptance.geometry import StagePosition
+    from stage_acceptance.remote.client import RemoteError, RemoteMicroscope
+    from stage_acceptance.remote.server import serve
+
+    with socketlib.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    backend, done = SlowMover(), threading.Event()
+    server = threading.Thread(target=serve, args=(backend, endpoint, load_holder("default").limits),
+                              kwargs={"stop_event": done}, daemon=True)
+    server.start()
+    mover, watcher = RemoteMicroscope(endpoint, 10.0), RemoteMicroscope(endpoint, 10.0)
+    outcome = {}
+
+    def move():
+        started = time.monotonic()
+        try:
+            mover.move_to(StagePosition(x_nm=1000.0))
+            outcome["error"] = None
+        except RemoteError as exc:
+            outcome["error"] = str(exc)
+        outcome["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=move)
+    thread.start()
+    try:
+        assert backend.moves_started.wait(5.0)
+        with pytest.raises(RemoteError, match="busy: a move is under way"):
+            watcher.position()
+        watcher.stop()  # its own connection: served during the move
+        thread.join(5.0)
+        assert outcome["seconds"] < 3.0, outcome  # the move ended at the stop, not after 5 s
+        assert "aborted by stop" in outcome["error"]
+        assert watcher.position().x_nm == 0.0  # the server serves again after the move
+    finally:
+        mover.close()
+        watcher.close()
+        done.set()
+        server.join(5.0)

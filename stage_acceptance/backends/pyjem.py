@@ -20,6 +20,7 @@ where ``camera()`` returns one image as a 2-D array (the facility's detector cal
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Callable
 
@@ -87,6 +88,7 @@ class PyJEMStage:
         self.poll_s = float(poll_s)
         self._clock = clock
         self._sleep = sleep
+        self._stop_requested = threading.Event()
 
     def position(self) -> StagePosition:
         """``GetPos()`` as a :class:`StagePosition`.
@@ -127,8 +129,11 @@ class PyJEMStage:
             For a hardware limit, or an axis not at the target within ``move_timeout_s``
             (the stage is stopped first).
         """
+        self._stop_requested.clear()
         goals = dict(zip(AXES, target.as_tuple()))
         for index, axis in enumerate(AXES):
+            if self._stop_requested.is_set():
+                raise PyJEMError(f"move to {target.as_dict()} aborted by stop; stage stopped where it is")
             current = dict(zip(AXES, self.position().as_tuple()))[axis]
             if abs(current - goals[axis]) <= self._tolerance(axis):
                 continue
@@ -144,6 +149,9 @@ class PyJEMStage:
                 self.stage3.Stop()
                 raise PyJEMError(f"stage {axis} hit a hardware limit moving to {goal:g} {unit}; stage stopped")
             reached = dict(zip(AXES, self.position().as_tuple()))[axis]
+            if self._stop_requested.is_set():
+                raise PyJEMError(f"move of {axis} to {goal:g} {unit} aborted by stop at {reached:g} {unit}; "
+                                 f"stage stopped where it is")
             if status == STATUS_REST and abs(reached - goal) <= self._tolerance(axis):
                 return
             if self._clock() >= deadline:
@@ -153,7 +161,8 @@ class PyJEMStage:
             self._sleep(self.poll_s)
 
     def stop(self) -> None:
-        """Stop every axis where it is."""
+        """Stop every axis where it is; a move under way (another thread) ends with an error."""
+        self._stop_requested.set()
         self.stage3.Stop()
 
 

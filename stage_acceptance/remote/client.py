@@ -77,6 +77,9 @@ class RemoteMicroscope:
     def _connect(self) -> None:
         if self._socket is not None:
             self._socket.close(linger=0)
+        self._socket = self._new_socket()
+
+    def _new_socket(self):
         socket = self._context.socket(zmq.REQ)
         socket.setsockopt(zmq.LINGER, 0)
         timeout_ms = max(1, int(self.timeout_s * 1000))
@@ -88,7 +91,7 @@ class RemoteMicroscope:
             socket.curve_secretkey = secret
             socket.curve_serverkey = server_public
         socket.connect(self.endpoint)
-        self._socket = socket
+        return socket
 
     def _request(self, call: str, args: dict | None = None, *, want_image: bool = False):
         if self._socket is None:
@@ -149,8 +152,30 @@ class RemoteMicroscope:
         return float(value)
 
     def stop(self) -> None:
-        """Ask the server to stop the stage where it is."""
-        self._request("stop")
+        """Ask the server to stop the stage where it is, even during a move.
+
+        Sent on a connection of its own, so it works while another call (a move)
+        still waits for its reply, e.g. after Ctrl-C.
+
+        Raises
+        ------
+        RemoteError
+            If the server does not confirm within ``timeout_s``.
+        """
+        socket = self._new_socket()
+        request_id = next(self._ids)
+        try:
+            socket.send_multipart(encode_request(request_id, "stop", {}))
+            reply = decode_reply(socket.recv_multipart(), self.max_message_bytes)
+        except zmq.Again:
+            raise RemoteError(f"remote microscope at {self.endpoint}: no reply to 'stop' within "
+                              f"{self.timeout_s:g} s") from None
+        except (zmq.ZMQError, ProtocolError) as exc:
+            raise RemoteError(f"remote microscope at {self.endpoint}: 'stop' failed: {exc}") from None
+        finally:
+            socket.close(linger=0)
+        if not reply.ok:
+            raise RemoteError(f"remote microscope at {self.endpoint}: stop: {reply.error}")
 
     def close(self) -> None:
         """Tell the server we are done and release the socket.

@@ -1,6 +1,9 @@
 """Serve any :class:`~stage_acceptance.microscope.Microscope` over ZeroMQ (protocol v1).
 
-The server answers one request at a time on a REP socket. It enforces the holder's
+The server answers requests on a ROUTER socket. A ``move_to`` runs in a worker thread
+while the socket stays open, so a ``stop`` (sent on a second connection, as the client
+does) aborts a move under way; any other call during a move is refused as busy. It
+enforces the holder's
 travel limits itself (an :class:`~stage_acceptance.microscope.Envelope` sits between
 the socket and the backend), so a misbehaving client cannot drive the stage out of
 limits. A malformed or oversized message gets an error reply; the server keeps
@@ -131,6 +134,32 @@ class Handler:
         return encode_reply(request.id, {})
 
 
+class _Move:
+    """A ``move_to`` request being handled in a worker thread."""
+
+    def __init__(self, envelope: list[bytes], handler: Handler, payload: list[bytes]):
+        self.envelope = envelope
+        self.reply: list[bytes] = []
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(handler, payload), daemon=True)
+        self._thread.start()
+
+    def _run(self, handler: Handler, payload: list[bytes]) -> None:
+        try:
+            self.reply = handler.handle(payload)
+        finally:
+            self.done.set()
+
+
+def _peek(payload: list[bytes], max_message_bytes: int) -> tuple[str | None, int | None]:
+    """The call and id a request names; call None if it cannot be decoded (the handler says why)."""
+    try:
+        request = decode_request(payload, max_message_bytes)
+    except ProtocolError as exc:
+        return None, exc.request_id
+    return request.call, request.id
+
+
 def serve(microscope: Microscope, bind: str, limits: dict[str, tuple[float, float]], *,
           keys_dir: str | Path | None = None, delay_s: float = 0.0,
           max_message_bytes: int = MAX_MESSAGE_BYTES, stop_event: threading.Event | None = None,
@@ -172,7 +201,7 @@ def serve(microscope: Microscope, bind: str, limits: dict[str, tuple[float, floa
         raise
     context = zmq.Context()
     authenticator = None
-    socket = context.socket(zmq.REP)
+    socket = context.socket(zmq.ROUTER)
     try:
         socket.setsockopt(zmq.LINGER, 0)
         # A frame far beyond the limit is dropped by ZeroMQ (the peer is disconnected)
@@ -196,11 +225,31 @@ def serve(microscope: Microscope, bind: str, limits: dict[str, tuple[float, floa
             ready(bind)
         poller = zmq.Poller()
         poller.register(socket, zmq.POLLIN)
+        mover: _Move | None = None
         while stop_event is None or not stop_event.is_set():
+            if mover is not None and mover.done.is_set():
+                socket.send_multipart(mover.envelope + mover.reply, copy=False)
+                mover = None
             if not poller.poll(int(POLL_INTERVAL_S * 1000)):
                 continue
-            frames = socket.recv_multipart(copy=True)
-            socket.send_multipart(handler.handle(frames), copy=False)
+            message = socket.recv_multipart(copy=True)
+            try:
+                split = message.index(b"")
+            except ValueError:
+                continue  # not a REQ-style message (no delimiter): nothing to answer
+            envelope, payload = message[: split + 1], message[split + 1:]
+            call, request_id = _peek(payload, max_message_bytes)
+            if mover is not None and call != "stop":
+                reply = encode_error(request_id, f"busy: a move is under way; only 'stop' is served until it ends "
+                                                 f"(got '{call}')")
+            elif call == "move_to":
+                mover = _Move(envelope, handler, payload)
+                continue
+            else:
+                reply = handler.handle(payload)
+            socket.send_multipart(envelope + reply, copy=False)
+        if mover is not None:
+            mover.done.wait()
     finally:
         socket.close(linger=0)
         if authenticator is not None:
