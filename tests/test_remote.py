@@ -181,12 +181,12 @@ def test_remote_config_keys_folder_must_exist(tmp_path):
 def test_lost_server_is_a_clear_error_within_timeout(tmp_path):
     path = tmp_path / "r.toml"
     path.write_text(f'name = "r"\nkind = "remote"\n[remote]\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
-                    f'timeout_s = 0.5\n')
+                    f'timeout_s = 2.0\n')
     run = AcceptanceRun(str(path), None, None, reports_dir=tmp_path)
     start = time.monotonic()
-    with pytest.raises(RemoteError, match=r"no reply to 'describe' within 0.5 s"):
+    with pytest.raises(RemoteError, match=r"no reply to 'describe' within 2 s"):
         run.session()
-    assert time.monotonic() - start < 1.5  # one timeout, no second wait on close
+    assert time.monotonic() - start < 3.5  # one timeout (2 s), not a second wait on close (4 s)
 
 
 # --------------------------------------------------------------------------- over loopback
@@ -261,7 +261,7 @@ def test_server_refuses_out_of_limit_moves_from_a_raw_client(server):
 def test_killed_server_ends_the_run_clearly_and_restart_continues(server, tmp_path):
     port = free_port()
     endpoint, process = server(port=port)
-    client = RemoteMicroscope(endpoint, timeout_s=1.0)
+    client = RemoteMicroscope(endpoint, timeout_s=2.0)
     killed_at = []
 
     def kill_after_four(name, done, total):
@@ -272,10 +272,10 @@ def test_killed_server_ends_the_run_clearly_and_restart_continues(server, tmp_pa
 
     config = load_microscope(CASE_A)
     writer = RecordingWriter(tmp_path / "partial", {"microscope": client.name, "pixel_size_nm": 15.0})
-    with pytest.raises(RemoteError, match=r"no reply to '\w+' within 1 s"):
+    with pytest.raises(RemoteError, match=r"no reply to '\w+' within 2 s"):
         run_protocols(Envelope(client, load_holder("default").limits), build(config.protocol, ("hysteresis-x",)),
                       writer, progress=kill_after_four)
-    assert time.monotonic() - killed_at[0] < 2.5
+    assert time.monotonic() - killed_at[0] < 3.5  # within timeout_s (2 s), with room for a loaded machine
     partial = read_recording(tmp_path / "partial")
     assert len(partial.frames) == 4 and partial.image(3).shape == (128, 128)
 
