@@ -268,42 +268,36 @@ def build_steps(session: Session, registrations: list[PairRegistration], transfo
     targets = session.targets_nm()
     reported = session.reported_nm()
     frame_shape = session.image(0).shape
-    rows = []
-    for reg in registrations:
-        i = reg.moving
-        d_t = targets[i] - targets[i - 1]
-        d_r = reported[i] - reported[i - 1]
-        if not (reg.result.ok or images_overlap(d_r[:2], session.pixel_size_nm, frame_shape, transform)):
-            continue
-        axis, direction = step_axis(d_t[:3], d_t[3:])
-        shift = np.asarray(reg.result.shift_px, dtype=float) if reg.result.ok else np.full(2, np.nan)
-        actual = image_px_to_stage_nm(shift, session.pixel_size_nm, transform) if reg.result.ok else np.full(2, np.nan)
-        rows.append((i, d_t[:2], d_r[:2], actual, shift, reg.result.confidence, reg.result.ok,
-                     reg.result.reason, axis, direction, session.frames[i].protocol, d_t[3:]))
-    if not rows:
+    kept = [r for r in registrations
+            if r.result.ok or images_overlap(reported[r.moving, :2] - reported[r.moving - 1, :2],
+                                             session.pixel_size_nm, frame_shape, transform)]
+    if not kept:
         raise ValueError(f"{session.directory}: no two consecutive frames overlap; nothing to analyse")
-    cols = list(zip(*rows))
-    axis = np.array(cols[8], dtype=int)
-    direction = np.array(cols[9], dtype=int)
-    tilt = np.array(cols[11], dtype=float).reshape(-1, 2)
-    lateral_still = np.all(np.array(cols[1], dtype=float).reshape(-1, 2) == 0, axis=1)
-    tilt_axis = np.full(len(rows), -1, dtype=int)
+    frame = np.array([r.moving for r in kept], dtype=int)
+    d_t = targets[frame] - targets[frame - 1]
+    d_r = reported[frame] - reported[frame - 1]
+    registered = np.array([r.result.ok for r in kept], dtype=bool)
+    shift = np.array([r.result.shift_px if r.result.ok else (np.nan, np.nan) for r in kept], dtype=float)
+    axis, direction = (np.array(v, dtype=int) for v in zip(*(step_axis(t[:3], t[3:]) for t in d_t)))
+    tilt = d_t[:, 3:]
+    lateral_still = np.all(d_t[:, :2] == 0, axis=1)
+    tilt_axis = np.full(len(kept), -1, dtype=int)
     tilt_axis[lateral_still & (tilt[:, 0] != 0) & (tilt[:, 1] == 0)] = 0
     tilt_axis[lateral_still & (tilt[:, 1] != 0) & (tilt[:, 0] == 0)] = 1
-    tilt_direction = np.where(tilt_axis >= 0, np.sign(tilt[np.arange(len(rows)), np.clip(tilt_axis, 0, 1)]), 0)
+    tilt_direction = np.where(tilt_axis >= 0, np.sign(tilt[np.arange(len(kept)), np.clip(tilt_axis, 0, 1)]), 0)
     return Steps(
-        frame=np.array(cols[0], dtype=int),
-        target_nm=np.array(cols[1], dtype=float),
-        reported_nm=np.array(cols[2], dtype=float),
-        actual_nm=np.array(cols[3], dtype=float),
-        shift_px=np.array(cols[4], dtype=float),
-        confidence=np.array(cols[5], dtype=float),
-        registered=np.array(cols[6], dtype=bool),
-        reason=list(cols[7]),
+        frame=frame,
+        target_nm=d_t[:, :2],
+        reported_nm=d_r[:, :2],
+        actual_nm=image_px_to_stage_nm(shift, session.pixel_size_nm, transform),
+        shift_px=shift,
+        confidence=np.array([r.result.confidence for r in kept], dtype=float),
+        registered=registered,
+        reason=[r.result.reason for r in kept],
         axis=axis,
         direction=direction,
         kind=classify_steps(axis, direction),
-        protocol=list(cols[10]),
+        protocol=[session.frames[i].protocol for i in frame],
         tilt_deg=tilt,
         tilt_axis=tilt_axis,
         tilt_kind=classify_steps(tilt_axis, tilt_direction.astype(int)),

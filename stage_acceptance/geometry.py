@@ -23,6 +23,9 @@ AXES = ("x", "y", "z", "alpha", "beta")
 
 AXIS_UNITS = {"x": "nm", "y": "nm", "z": "nm", "alpha": "deg", "beta": "deg"}
 
+AXIS_FIELDS = {"x": "x_nm", "y": "y_nm", "z": "z_nm", "alpha": "alpha_deg", "beta": "beta_deg"}
+"""The :class:`StagePosition` field (and holder ``[limits]`` key) of each axis."""
+
 
 @dataclass(frozen=True)
 class StagePosition:
@@ -75,15 +78,6 @@ class StagePosition:
 
     def xy_nm(self) -> np.ndarray:
         return np.array([self.x_nm, self.y_nm], dtype=float)
-
-    def moved(self, **deltas: float) -> "StagePosition":
-        """Return a copy moved by the given deltas, e.g. ``moved(x_nm=1000.0)``."""
-        values = dict(zip(("x_nm", "y_nm", "z_nm", "alpha_deg", "beta_deg"), self.as_tuple()))
-        for key, delta in deltas.items():
-            if key not in values:
-                raise ValueError(f"unknown stage coordinate '{key}'")
-            values[key] += float(delta)
-        return StagePosition(**values)
 
 
 @dataclass(frozen=True)
@@ -179,9 +173,3 @@ def image_px_to_stage_nm(d_px, pixel_size_nm: float, transform: StageToImage) ->
     d = np.asarray(d_px, dtype=float)
     inverse = np.linalg.inv(transform.matrix())
     return (d @ inverse.T) * pixel_size_nm
-
-
-def shift_colrow_to_rowcol(shift_px) -> np.ndarray:
-    """Convert a displacement ``(column, row)`` to numpy's ``(row, column)`` order."""
-    d = np.asarray(shift_px, dtype=float)
-    return d[..., ::-1].copy()

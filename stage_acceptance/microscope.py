@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .geometry import AXES, AXIS_UNITS, StagePosition
+from .geometry import AXES, AXIS_FIELDS, AXIS_UNITS, StagePosition
 
 
 class MoveRefused(ValueError):
@@ -53,9 +53,6 @@ class Microscope(Protocol):
         """Release the microscope (leave the stage where it is)."""
 
 
-_LIMIT_KEY = {"x": "x_nm", "y": "y_nm", "z": "z_nm", "alpha": "alpha_deg", "beta": "beta_deg"}
-
-
 class Envelope:
     """A :class:`Microscope` wrapper that refuses moves outside the holder limits.
 
@@ -69,7 +66,7 @@ class Envelope:
     """
 
     def __init__(self, microscope: Microscope, limits: dict[str, tuple[float, float]]):
-        missing = [key for key in _LIMIT_KEY.values() if key not in limits]
+        missing = [key for key in AXIS_FIELDS.values() if key not in limits]
         if missing:
             raise ValueError(f"envelope limits lack {missing}")
         self.microscope = microscope
@@ -78,12 +75,12 @@ class Envelope:
     def check(self, target: StagePosition) -> None:
         """Raise :class:`MoveRefused` if `target` lies outside the limits."""
         for axis, value in zip(AXES, target.as_tuple()):
-            low, high = self.limits[_LIMIT_KEY[axis]]
+            low, high = self.limits[AXIS_FIELDS[axis]]
             if not np.isfinite(value) or not (low <= value <= high):
                 unit = AXIS_UNITS[axis]
                 raise MoveRefused(
                     f"move refused: {axis} = {value:g} {unit} is outside the holder limit "
-                    f"{_LIMIT_KEY[axis]} = [{low:g}, {high:g}]; nothing was sent to the stage"
+                    f"{AXIS_FIELDS[axis]} = [{low:g}, {high:g}]; nothing was sent to the stage"
                 )
 
     def check_all(self, targets) -> None:

@@ -46,8 +46,7 @@ def _is_acceptance_run(config) -> bool:
     if opts.replay or opts.record or opts.results_json:
         return True
     for arg in config.args:
-        path = Path(str(arg).split("::", 1)[0])
-        if "suites" in path.parts or path.resolve().name == "suites" or "suites" in path.resolve().parts:
+        if "suites" in Path(str(arg).split("::", 1)[0]).resolve().parts:
             return True
     return False
 

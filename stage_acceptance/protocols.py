@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import ProtocolConfig
-from .geometry import StagePosition
+from .geometry import AXIS_FIELDS, AXIS_UNITS, StagePosition
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,12 @@ FAMILIES = {
 """Which protocols each test family (pytest marker) needs."""
 
 
-_AXIS_FIELD = {"x": "x_nm", "y": "y_nm", "alpha": "alpha_deg", "beta": "beta_deg"}
-_AXIS_UNIT = {"x": "nm", "y": "nm", "alpha": "deg", "beta": "deg"}
+_LINE_AXES = ("x", "y", "alpha", "beta")
+"""Axes a hysteresis line can run along."""
 
 
 def _offset(axis: str, distance: float) -> StagePosition:
-    return StagePosition(**{_AXIS_FIELD[axis]: distance})
+    return StagePosition(**{AXIS_FIELDS[axis]: distance})
 
 
 def hysteresis_line(axis: str, step: float, steps: int) -> Protocol:
@@ -88,8 +88,8 @@ def hysteresis_line(axis: str, step: float, steps: int) -> Protocol:
     Protocol
         ``2 + 4 * steps`` visits.
     """
-    if axis not in _AXIS_FIELD:
-        raise ValueError(f"hysteresis axis must be one of {list(_AXIS_FIELD)}, got {axis!r}")
+    if axis not in _LINE_AXES:
+        raise ValueError(f"hysteresis axis must be one of {list(_LINE_AXES)}, got {axis!r}")
     if steps < 1 or step <= 0:
         raise ValueError(f"need steps >= 1 and step > 0, got steps={steps}, step={step}")
     indices = [-1, 0]
@@ -100,7 +100,7 @@ def hysteresis_line(axis: str, step: float, steps: int) -> Protocol:
     return Protocol(
         name=f"hysteresis-{axis}" if lateral else f"tilt-{axis}",
         description=(f"{'Figure 3 hysteresis line' if lateral else 'tilt hysteresis'} along {axis}: "
-                     f"{steps} steps of {step:g} {_AXIS_UNIT[axis]} each way, twice"),
+                     f"{steps} steps of {step:g} {AXIS_UNITS[axis]} each way, twice"),
         visits=visits,
     )
 
