@@ -16,7 +16,7 @@ from typing import Callable
 from . import __version__
 from .analysis import Analysis, analyse
 from .certification import Certificate, Check, certify, metric_checks
-from .config import ConfigError, HolderConfig, MicroscopeConfig, load_holder, load_microscope
+from .config import ConfigError, HolderConfig, MicroscopeConfig, ProtocolConfig, load_holder, load_microscope
 from .microscope import Envelope, Microscope
 from .protocols import PROTOCOL_NAMES, build
 from .report import all_figures, results_json, write_json
@@ -42,6 +42,34 @@ def open_microscope(config: MicroscopeConfig) -> Microscope:
 
         return RemoteMicroscope(config.remote.endpoint, config.remote.timeout_s, keys_dir=config.remote.keys)
     raise ConfigError(f"{config.path}: kind = \"{config.kind}\" is not a microscope this version can open")
+
+
+def served_config(config: MicroscopeConfig) -> MicroscopeConfig:
+    """A remote microscope config completed from its server's ``describe``.
+
+    The server names the instrument (the name of the report, the recording and the
+    results) and gives the pixel and frame size. Its holder, ``[protocol]`` and
+    ``[stage_to_image]`` fill in what the config file leaves out; the file wins key by
+    key (``--microscope tcp://HOST:PORT`` gives nothing, so the server decides all).
+
+    Raises
+    ------
+    RemoteError
+        If the server does not answer within ``timeout_s`` or describes itself badly.
+    """
+    remote = open_microscope(config)
+    remote.close()
+    protocol = dict(remote.protocol or {})
+    for key in config.given:
+        if key.startswith("protocol."):
+            name = key.split(".", 1)[1]
+            protocol[name] = getattr(config.protocol, name)
+    return dataclasses.replace(
+        config, name=remote.name, pixel_size_nm=remote.pixel_size_nm, frame_px=remote.frame_px,
+        holder=config.holder if "holder" in config.given else (remote.holder or config.holder),
+        protocol=ProtocolConfig(**protocol),
+        stage_to_image=config.stage_to_image if "stage_to_image" in config.given else remote.stage_to_image,
+    )
 
 
 def utc_stamp(moment: datetime | None = None) -> str:
@@ -124,13 +152,26 @@ class AcceptanceRun:
             else:
                 self.holder = load_holder(holder)
         else:
-            self.microscope_config = load_microscope(microscope)
-            self.microscope_name = self.microscope_config.name
-            self.holder = load_holder(holder or self.microscope_config.holder)
+            config = load_microscope(microscope)
+            if config.kind == "remote":
+                config = served_config(config)
+            self.microscope_config = config
+            self.microscope_name = config.name
+            self.holder = self._load_holder(holder, config)
         self.outputs = default_outputs(reports_dir, self.microscope_name, utc_stamp(self.started), html=html,
                                        results=results, record=record, replay=bool(replay))
         if self.outputs.recording is not None and (self.outputs.recording / "frames.jsonl").exists():
             raise ConfigError(f"{self.outputs.recording}: already holds a recording; choose another --record folder")
+
+    @staticmethod
+    def _load_holder(holder: str | None, config: MicroscopeConfig) -> HolderConfig:
+        if holder is not None or config.kind != "remote" or "holder" in config.given:
+            return load_holder(holder or config.holder)
+        try:
+            return load_holder(config.holder)
+        except ConfigError as exc:
+            raise ConfigError(f"the server at {config.remote.endpoint} names holder '{config.holder}', which this "
+                              f"machine cannot load ({exc}); give --holder NAME|PATH") from None
 
     @property
     def source(self) -> str:

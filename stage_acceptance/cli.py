@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args) -> int:
     from .acceptance import open_microscope
-    from .remote.server import serve
+    from .remote.server import serve, served_settings
 
     config = load_microscope(args.microscope)
     holder = load_holder(args.holder or config.holder)
@@ -53,8 +53,9 @@ def _serve(args) -> int:
         print(f"stage-acceptance: serving {microscope.name} on {endpoint} (holder {holder.key}); Ctrl-C stops",
               flush=True)
 
+    settings = served_settings(holder.key, config.protocol, config.stage_to_image)
     serve(microscope, args.bind, holder.limits, keys_dir=args.keys, delay_s=args.delay_s, stop_event=stop,
-          ready=ready)
+          ready=ready, settings=settings)
     print("stage-acceptance: stopped", flush=True)
     return 0
 

@@ -99,6 +99,23 @@ class RemoteConfig:
 
 
 @dataclass(frozen=True)
+class PyJEMConfig:
+    """A JEOL microscope driven through PyJEM on its own PC (``[pyjem]``).
+
+    Images come from exactly one of `detector` (a PyJEM detector name:
+    ``PyJEM.detector.Detector(detector).snapshot_rawdata()``, 16-bit raw frames) or
+    `camera` (``"module:function"``, a Python callable returning a 2-D array).
+    """
+
+    detector: str | None = None
+    camera: str | None = None
+    tolerance_nm: float = 50.0
+    tolerance_deg: float = 0.1
+    move_timeout_s: float = 120.0
+    poll_s: float = 0.05
+
+
+@dataclass(frozen=True)
 class MicroscopeConfig:
     """A microscope config file (microscope-v1)."""
 
@@ -111,7 +128,11 @@ class MicroscopeConfig:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     sim: SimConfig | None = None
     remote: RemoteConfig | None = None
+    pyjem: PyJEMConfig | None = None
     path: Path | None = None
+    given: frozenset[str] = frozenset()
+    """The keys the file gives: top-level ones and ``protocol.<key>`` (the rest are defaults,
+    which a remote server's ``describe`` may fill in)."""
 
 
 TOLERANCE_KEYS = (
@@ -156,13 +177,16 @@ _pair = {"type": "array", "items": _number, "minItems": 2, "maxItems": 2}
 _probability = {"type": "number", "minimum": 0, "maximum": 1}
 _pair_nonneg = {"type": "array", "items": _nonneg, "minItems": 2, "maxItems": 2}
 
+KINDS = ("sim", "remote", "pyjem")
+"""Microscope kinds; each may have a table of its own name (``[sim]``, ``[remote]``, ``[pyjem]``)."""
+
 MICROSCOPE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": ["name", "kind"],
     "properties": {
         "name": {"type": "string", "minLength": 1},
-        "kind": {"enum": ["sim", "remote"]},
+        "kind": {"enum": list(KINDS)},
         "holder": {"type": "string", "minLength": 1},
         "pixel_size_nm": _positive,
         "frame_px": {"type": "integer", "minimum": 32, "maximum": 8192},
@@ -241,6 +265,18 @@ MICROSCOPE_SCHEMA: dict[str, Any] = {
                 "endpoint": {"type": "string", "pattern": "^tcp://.+:[0-9]+$"},
                 "timeout_s": _positive,
                 "keys": {"type": "string", "minLength": 1},
+            },
+        },
+        "pyjem": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "detector": {"type": "string", "minLength": 1},
+                "camera": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"},
+                "tolerance_nm": _positive,
+                "tolerance_deg": _positive,
+                "move_timeout_s": _positive,
+                "poll_s": _positive,
             },
         },
     },
@@ -410,14 +446,13 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
     _finite(data, path)
     validate(data, MICROSCOPE_SCHEMA, path)
     kind = data["kind"]
-    if kind == "sim":
+    for other in KINDS:
+        if other != kind and other in data:
+            raise ConfigError(f"{path}: key '{other}' is only allowed with kind = \"{other}\"")
+    if kind in ("sim", "pyjem"):
         for key in ("pixel_size_nm", "frame_px"):
             if key not in data:
-                raise ConfigError(f"{path}: missing required key '{key}' (needed for kind = \"sim\")")
-        if "remote" in data:
-            raise ConfigError(f"{path}: key 'remote' is only allowed with kind = \"remote\"")
-    if kind == "remote" and "sim" in data:
-        raise ConfigError(f"{path}: key 'sim' is only allowed with kind = \"sim\"")
+                raise ConfigError(f"{path}: missing required key '{key}' (needed for kind = \"{kind}\")")
 
     transform = None
     if "stage_to_image" in data:
@@ -458,6 +493,13 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
                 raise ConfigError(f"{path}: key 'remote.keys' has bad value {raw['keys']!r}: no such folder {keys}")
             raw["keys"] = keys
         remote = RemoteConfig(**raw)
+    pyjem = None
+    if kind == "pyjem":
+        raw = dict(data.get("pyjem", {}))
+        if ("detector" in raw) == ("camera" in raw):
+            raise ConfigError(f"{path}: [pyjem] needs exactly one of 'pyjem.detector' (a PyJEM detector name) "
+                              f"or 'pyjem.camera' (\"module:function\" returning a 2-D image)")
+        pyjem = PyJEMConfig(**raw)
     holder = data.get("holder", "default")
     return MicroscopeConfig(
         name=data["name"],
@@ -469,7 +511,9 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
         protocol=protocol,
         sim=sim,
         remote=remote,
+        pyjem=pyjem,
         path=path,
+        given=frozenset(data) | {f"protocol.{key}" for key in data.get("protocol", {})},
     )
 
 

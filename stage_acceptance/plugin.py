@@ -57,12 +57,14 @@ def pytest_configure(config):
         config.addinivalue_line("markers", f"{family}: stage-acceptance test family '{family}'")
     if not _is_acceptance_run(config):
         return
+    from .remote.client import RemoteError
+
     opts = config.option
     try:
         run = AcceptanceRun(opts.microscope, opts.holder, opts.replay,
                             reports_dir=Path(config.invocation_params.dir) / "reports",
                             html=getattr(opts, "htmlpath", None), results=opts.results_json, record=opts.record)
-    except (ConfigError, RecordingError) as exc:
+    except (ConfigError, RecordingError, RemoteError) as exc:
         raise pytest.UsageError(str(exc)) from None
     # pytest-html reads these options in its own pytest_configure, which runs after this one.
     if hasattr(opts, "htmlpath"):

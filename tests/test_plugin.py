@@ -90,6 +90,21 @@ def test_unknown_microscope_lists_the_available_ones(suites):
     result.stderr.fnmatch_lines(["*unknown microscope 'no-such-scope'*sim-grandarm*"])
 
 
+def test_a_server_that_does_not_answer_is_a_usage_error_before_collection(suites, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "gone.toml"
+    config.write_text(f'name = "gone"\nkind = "remote"\n[remote]\nendpoint = "tcp://127.0.0.1:{port}"\n'
+                      f'timeout_s = 1.0\n')
+    result = run_suites(suites, f"--microscope={config}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*remote microscope at tcp://127.0.0.1:{port}: no reply to 'describe' within 1 s*"])
+    assert not (suites.path / "reports").exists()
+
+
 def test_malformed_replay_names_file_and_line(suites, tmp_path):
     record = tmp_path / "rec"
     run_suites(suites, "-m", "drift", f"--microscope={CONFIGS / 'case-a.toml'}",

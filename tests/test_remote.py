@@ -163,6 +163,23 @@ def test_image_reply_round_trip(dtype):
 # --------------------------------------------------------------------------- config
 
 
+def test_bad_optional_describe_keys_are_named():
+    from stage_acceptance.remote.client import _served_settings
+
+    assert _served_settings({}) == (None, None, None)
+    holder, protocol, transform = _served_settings({"holder": "h", "protocol": {"steps": 4},
+                                                    "stage_to_image": {"rotation_deg": 7.5}})
+    assert (holder, protocol, transform.rotation_deg, transform.flip_y) == ("h", {"steps": 4}, 7.5, False)
+    with pytest.raises(ValueError, match=r"key 'protocol.steps' has bad value 1"):
+        _served_settings({"protocol": {"steps": 1}})
+    with pytest.raises(ValueError, match=r"unknown key 'protocol.stride'"):
+        _served_settings({"protocol": {"stride": 3}})
+    with pytest.raises(ValueError, match=r"missing required key 'stage_to_image.rotation_deg'"):
+        _served_settings({"stage_to_image": {"flip_y": True}})
+    with pytest.raises(ValueError, match=r"key 'holder' has bad value 3"):
+        _served_settings({"holder": 3})
+
+
 def test_tcp_string_is_a_remote_config_with_defaults():
     config = load_microscope("tcp://127.0.0.1:6000")
     assert config.kind == "remote" and config.remote.endpoint == "tcp://127.0.0.1:6000"
@@ -182,10 +199,9 @@ def test_lost_server_is_a_clear_error_within_timeout(tmp_path):
     path = tmp_path / "r.toml"
     path.write_text(f'name = "r"\nkind = "remote"\n[remote]\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
                     f'timeout_s = 2.0\n')
-    run = AcceptanceRun(str(path), None, None, reports_dir=tmp_path)
     start = time.monotonic()
     with pytest.raises(RemoteError, match=r"no reply to 'describe' within 2 s"):
-        run.session()
+        AcceptanceRun(str(path), None, None, reports_dir=tmp_path)  # before anything is collected or moved
     assert time.monotonic() - start < 3.5  # one timeout (2 s), not a second wait on close (4 s)
 
 
@@ -222,6 +238,38 @@ def test_tcp_microscope_option_takes_pixel_size_from_the_server(server, tmp_path
     session = run.session(("dwell",))
     assert session.pixel_size_nm == 15.0 and session.image(0).shape == (128, 128)
     assert read_recording(tmp_path / "rec").microscope == "case-a" and run.microscope_name == "case-a"
+
+
+def test_tcp_run_is_named_and_configured_by_the_served_instrument(server, tmp_path):
+    endpoint, _ = server("--holder", "jeol-double-tilt")
+    run = AcceptanceRun(endpoint, None, None, reports_dir=tmp_path)
+    served = load_microscope(CASE_A)
+    assert run.microscope_name == "case-a" and run.outputs.html.name.startswith("case-a-")
+    assert run.outputs.recording.name.startswith("case-a-") and "tcp" not in run.outputs.html.name
+    assert run.holder.key == "jeol-double-tilt"
+    config = run.microscope_config
+    assert config.protocol == served.protocol and config.stage_to_image == served.stage_to_image
+    assert (config.pixel_size_nm, config.frame_px) == (15.0, 128)
+
+
+def test_a_remote_config_file_wins_key_by_key_over_the_server(server, tmp_path):
+    endpoint, _ = server()
+    path = tmp_path / "mine.toml"
+    path.write_text(f'name = "mine"\nkind = "remote"\nholder = "jeol-double-tilt"\n[protocol]\nsteps = 4\n'
+                    f'[remote]\nendpoint = "{endpoint}"\ntimeout_s = 10.0\n')
+    run = AcceptanceRun(str(path), None, None, reports_dir=tmp_path)
+    protocol = run.microscope_config.protocol
+    assert protocol.steps == 4 and protocol.step_nm == 600.0  # steps from the file, step_nm from the server
+    assert run.holder.key == "jeol-double-tilt" and run.microscope_name == "case-a"
+
+
+def test_a_served_holder_this_machine_lacks_is_a_clear_error(server, tmp_path):
+    holder = tmp_path / "lab-holder.toml"
+    holder.write_text((Path(load_holder("default").path)).read_text())
+    endpoint, _ = server("--holder", str(holder))
+    with pytest.raises(ConfigError, match=r"names holder 'lab-holder'.*give --holder"):
+        AcceptanceRun(endpoint, None, None, reports_dir=tmp_path)
+    assert AcceptanceRun(endpoint, str(holder), None, reports_dir=tmp_path).holder.key == "lab-holder"
 
 
 def test_malformed_and_oversized_messages_get_error_replies(server):

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from ..geometry import StagePosition
+from ..config import MICROSCOPE_SCHEMA, schema_problem
+from ..geometry import StagePosition, StageToImage
 from .keys import client_keys
 from .protocol import MAX_MESSAGE_BYTES, ProtocolError, decode_reply, encode_request, position_from_wire, \
     position_to_wire
@@ -23,11 +24,37 @@ class RemoteError(RuntimeError):
     """The remote microscope failed, refused or did not answer. The message is one line."""
 
 
+def _served_settings(info: dict) -> tuple[str | None, dict | None, StageToImage | None]:
+    """The optional ``holder``, ``protocol`` and ``stage_to_image`` of a describe result.
+
+    Raises
+    ------
+    ValueError
+        One line naming the key and value that break the microscope-v1 schema.
+    """
+    holder = info.get("holder")
+    if holder is not None and not (isinstance(holder, str) and holder):
+        raise ValueError(f"key 'holder' has bad value {holder!r}: must be a holder name")
+    for key in ("protocol", "stage_to_image"):
+        if key in info:
+            problem = schema_problem({key: info[key]}, {"type": "object", "properties": {
+                key: MICROSCOPE_SCHEMA["properties"][key]}})
+            if problem:
+                raise ValueError(problem)
+    protocol = info.get("protocol")
+    transform = info.get("stage_to_image")
+    if transform is not None:
+        transform = StageToImage(float(transform["rotation_deg"]), bool(transform.get("flip_y", False)))
+    return holder, protocol, transform
+
+
 class RemoteMicroscope:
     """The client side: a microscope at a ZeroMQ endpoint.
 
-    ``name``, ``pixel_size_nm`` and ``frame_px`` come from the server's ``describe``,
-    asked when the client is created.
+    ``name``, ``pixel_size_nm``, ``frame_px`` and ``limits`` come from the server's
+    ``describe``, asked when the client is created, and so do the optional ``holder``
+    (a holder name), ``protocol`` (``[protocol]`` keys) and ``stage_to_image``
+    (None when the server does not give them).
 
     Parameters
     ----------
@@ -65,6 +92,7 @@ class RemoteMicroscope:
             self.pixel_size_nm = float(info["pixel_size_nm"])
             self.frame_px = int(info["frame_px"])
             self.limits = {key: (float(low), float(high)) for key, (low, high) in info["limits"].items()}
+            self.holder, self.protocol, self.stage_to_image = _served_settings(info)
         except (KeyError, TypeError, ValueError) as exc:
             self._release()
             raise RemoteError(f"remote microscope at {endpoint}: bad describe reply: {exc}") from None

@@ -12,6 +12,7 @@ serving. It binds loopback unless CURVE keys are given.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import threading
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import zmq
 
-from ..geometry import AXES, AXIS_UNITS
+from ..config import ProtocolConfig
+from ..geometry import AXES, AXIS_UNITS, StageToImage
 from ..microscope import Envelope, Microscope, MoveRefused
 from .keys import authorized_dir, server_secret
 from .protocol import (MAX_MESSAGE_BYTES, ProtocolError, Request, decode_request, encode_error, encode_reply,
@@ -59,15 +61,46 @@ def is_loopback(bind: str) -> bool:
         return False
 
 
-def describe(microscope: Microscope, limits: dict[str, tuple[float, float]]) -> dict:
-    """The ``describe`` result: name, pixel size, frame size, axes and limits."""
-    return {
+def describe(microscope: Microscope, limits: dict[str, tuple[float, float]], settings: dict | None = None) -> dict:
+    """The ``describe`` result: name, pixel size, frame size, axes and limits.
+
+    `settings` adds the optional keys (``holder``, ``protocol``, ``stage_to_image``)
+    that a client without a config of its own uses (see :func:`served_settings`).
+    """
+    info = {
         "name": str(microscope.name),
         "pixel_size_nm": float(microscope.pixel_size_nm),
         "frame_px": int(microscope.frame_px),
         "axes": [{"name": axis, "unit": AXIS_UNITS[axis]} for axis in AXES],
         "limits": {key: [float(low), float(high)] for key, (low, high) in limits.items()},
     }
+    info.update(settings or {})
+    return info
+
+
+def served_settings(holder: str | None = None, protocol: ProtocolConfig | None = None,
+                    stage_to_image: StageToImage | None = None) -> dict:
+    """The optional ``describe`` keys for what the server knows of its instrument.
+
+    Parameters
+    ----------
+    holder : str, optional
+        Name of the holder whose limits the server enforces.
+    protocol : ProtocolConfig, optional
+        The measurement sequences suited to this instrument (step lengths fit its field
+        of view).
+    stage_to_image : StageToImage, optional
+        The calibrated stage-to-image relation.
+    """
+    settings: dict = {}
+    if holder:
+        settings["holder"] = str(holder)
+    if protocol is not None:
+        settings["protocol"] = dataclasses.asdict(protocol)
+    if stage_to_image is not None:
+        settings["stage_to_image"] = {"rotation_deg": float(stage_to_image.rotation_deg),
+                                      "flip_y": bool(stage_to_image.flip_y)}
+    return settings
 
 
 class Handler:
@@ -83,16 +116,19 @@ class Handler:
         Delay before every reply (to test slow servers and slow instruments).
     max_message_bytes : int
         Larger requests get an error reply.
+    settings : dict, optional
+        Optional ``describe`` keys (:func:`served_settings`).
     """
 
     def __init__(self, microscope: Microscope, limits: dict[str, tuple[float, float]], *,
-                 delay_s: float = 0.0, max_message_bytes: int = MAX_MESSAGE_BYTES):
+                 delay_s: float = 0.0, max_message_bytes: int = MAX_MESSAGE_BYTES, settings: dict | None = None):
         if delay_s < 0:
             raise ServeError(f"delay_s must be >= 0, got {delay_s}")
         self.envelope = Envelope(microscope, limits)
         self.limits = dict(limits)
         self.delay_s = float(delay_s)
         self.max_message_bytes = int(max_message_bytes)
+        self.settings = dict(settings or {})
 
     def handle(self, frames: list[bytes]) -> list[bytes]:
         """Answer one request; never raises for anything a client sends."""
@@ -112,7 +148,7 @@ class Handler:
     def _call(self, request: Request) -> list[bytes]:
         microscope = self.envelope
         if request.call == "describe":
-            return encode_reply(request.id, describe(microscope.microscope, self.limits))
+            return encode_reply(request.id, describe(microscope.microscope, self.limits, self.settings))
         if request.call == "move_to":
             microscope.move_to(position_from_wire(request.args["target"], "move_to target"))
             return encode_reply(request.id, {})
@@ -163,7 +199,7 @@ def _peek(payload: list[bytes], max_message_bytes: int) -> tuple[str | None, int
 def serve(microscope: Microscope, bind: str, limits: dict[str, tuple[float, float]], *,
           keys_dir: str | Path | None = None, delay_s: float = 0.0,
           max_message_bytes: int = MAX_MESSAGE_BYTES, stop_event: threading.Event | None = None,
-          ready=None) -> None:
+          ready=None, settings: dict | None = None) -> None:
     """Serve `microscope` on `bind` until `stop_event` is set or Ctrl-C.
 
     Parameters
@@ -185,6 +221,8 @@ def serve(microscope: Microscope, bind: str, limits: dict[str, tuple[float, floa
         Set it to stop serving.
     ready : callable, optional
         Called with the bound endpoint once the socket listens.
+    settings : dict, optional
+        Optional ``describe`` keys (:func:`served_settings`).
 
     Raises
     ------
@@ -192,7 +230,8 @@ def serve(microscope: Microscope, bind: str, limits: dict[str, tuple[float, floa
         For a non-loopback bind without keys, a bad endpoint, or a port in use.
     """
     try:
-        handler = Handler(microscope, limits, delay_s=delay_s, max_message_bytes=max_message_bytes)
+        handler = Handler(microscope, limits, delay_s=delay_s, max_message_bytes=max_message_bytes,
+                          settings=settings)
         if not is_loopback(bind) and keys_dir is None:
             raise ServeError(f"bind {bind} is not loopback: give CURVE keys (--keys DIR, made by "
                              f"'stage-acceptance keys DIR') to serve on the network")
