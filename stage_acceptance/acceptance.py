@@ -16,11 +16,12 @@ from typing import Callable
 from . import __version__
 from .analysis import Analysis, analyse
 from .certification import Certificate, Check, certify, metric_checks
-from .config import ConfigError, HolderConfig, MicroscopeConfig, ProtocolConfig, load_holder, load_microscope
+from .config import (MICROSCOPE_SCHEMA, ConfigError, HolderConfig, MicroscopeConfig, ProtocolConfig, load_holder,
+                     load_microscope, schema_problem)
 from .microscope import Envelope, Microscope
 from .protocols import PROTOCOL_NAMES, build
 from .report import all_figures, results_json, write_json
-from .session import RecordingWriter, Session, read_recording, run_protocols
+from .session import RecordingError, RecordingWriter, Session, read_recording, run_protocols
 
 
 def open_microscope(config: MicroscopeConfig) -> Microscope:
@@ -70,6 +71,44 @@ def served_config(config: MicroscopeConfig) -> MicroscopeConfig:
         protocol=ProtocolConfig(**protocol),
         stage_to_image=config.stage_to_image if "stage_to_image" in config.given else remote.stage_to_image,
     )
+
+
+def recording_holder(session: Session, holder: str | None = None) -> HolderConfig:
+    """The holder to judge (or serve) a recording with.
+
+    `holder` if given; else the holder the recording names, if it is a shipped holder
+    file; else ``default`` (a foreign recording names its holder in free text).
+
+    Raises
+    ------
+    ConfigError
+        For a `holder` that cannot be loaded.
+    """
+    if holder is not None:
+        return load_holder(holder)
+    if session.holder:
+        try:
+            return load_holder(session.holder)
+        except ConfigError:
+            pass
+    return load_holder("default")
+
+
+def recorded_protocol(session: Session) -> ProtocolConfig | None:
+    """The ``[protocol]`` a stage-acceptance recording was made with (None if not stored).
+
+    Raises
+    ------
+    RecordingError
+        If the stored settings are not valid microscope-v1 ``[protocol]`` keys.
+    """
+    stored = (session.meta.get("stage_acceptance") or {}).get("protocol")
+    if stored is None:
+        return None
+    problem = schema_problem(stored, MICROSCOPE_SCHEMA["properties"]["protocol"])
+    if problem:
+        raise RecordingError(f"{session.directory / 'session.json'}: stage_acceptance.protocol: {problem}")
+    return ProtocolConfig(**stored)
 
 
 def utc_stamp(moment: datetime | None = None) -> str:
@@ -143,14 +182,7 @@ class AcceptanceRun:
         if replay:
             self._session = read_recording(replay)
             self.microscope_name = self._session.microscope
-            if holder is None:
-                recorded = self._session.holder
-                try:
-                    self.holder: HolderConfig = load_holder(recorded) if recorded else load_holder("default")
-                except ConfigError:
-                    self.holder = load_holder("default")
-            else:
-                self.holder = load_holder(holder)
+            self.holder: HolderConfig = recording_holder(self._session, holder)
         else:
             config = load_microscope(microscope)
             if config.kind == "remote":
@@ -205,10 +237,17 @@ class AcceptanceRun:
             if config.stage_to_image is not None:
                 meta["stage_to_image"] = {"rotation_deg": config.stage_to_image.rotation_deg,
                                           "flip_y": config.stage_to_image.flip_y}
+            protocols = build(config.protocol, protocol_names)
+            origin = microscope.position()
+            # Our extension of session.json (readers keep and ignore unknown keys): what a
+            # served replay needs to answer the same moves again.
+            meta["stage_acceptance"] = {"version": __version__, "origin": origin.as_dict(),
+                                        "protocols": [protocol.name for protocol in protocols],
+                                        "protocol": dataclasses.asdict(config.protocol)}
             writer = RecordingWriter(self.outputs.recording, meta)
             try:
-                self._session = run_protocols(microscope, build(config.protocol, protocol_names), writer,
-                                              settle_s=config.protocol.settle_s, progress=progress)
+                self._session = run_protocols(microscope, protocols, writer, settle_s=config.protocol.settle_s,
+                                              origin=origin, progress=progress)
             except BaseException as exc:
                 reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc).splitlines()[0]
                 if isinstance(exc, KeyboardInterrupt):

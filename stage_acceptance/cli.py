@@ -20,10 +20,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stage-acceptance",
                                      description="Serve a microscope to the acceptance suites over ZeroMQ.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve a microscope (sim, remote, ...) over ZeroMQ")
-    serve.add_argument("--microscope", required=True, help="microscope config name or path")
+    serve = commands.add_parser("serve", help="serve a microscope (sim, pyjem) or a recording over ZeroMQ")
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--microscope", help="microscope config name or path (kind sim or pyjem)")
+    source.add_argument("--replay", metavar="DIR",
+                        help="serve a recording-v1 folder: clients get its frames back, in the recorded order")
     serve.add_argument("--holder", default=None,
-                       help="holder name or path whose [limits] the server enforces (default: the config's)")
+                       help="holder name or path whose [limits] the server enforces (default: the config's, or "
+                            "for --replay the recording's if it is a shipped holder, else 'default')")
     serve.add_argument("--bind", default=DEFAULT_BIND, help=f"endpoint to bind (default {DEFAULT_BIND})")
     serve.add_argument("--keys", default=None, metavar="DIR",
                        help="CURVE key folder made by 'stage-acceptance keys'; required for a non-loopback bind")
@@ -35,12 +39,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args) -> int:
-    from .acceptance import open_microscope
     from .remote.server import serve, served_settings
 
-    config = load_microscope(args.microscope)
-    holder = load_holder(args.holder or config.holder)
-    microscope = open_microscope(config)
+    if args.replay:
+        from .acceptance import recorded_protocol, recording_holder
+        from .backends.replay import ReplayMicroscope
+        from .session import read_recording
+
+        session = read_recording(args.replay)
+        holder = recording_holder(session, args.holder)
+        settings = served_settings(holder.key, recorded_protocol(session), session.stage_to_image)
+        microscope = ReplayMicroscope(session)
+    else:
+        from .acceptance import open_microscope
+
+        config = load_microscope(args.microscope)
+        if config.kind == "remote":
+            raise ConfigError(f"{config.path or args.microscope}: kind = \"remote\" is a client config; serve the "
+                              f"microscope itself (kind sim or pyjem) on the PC it is attached to")
+        holder = load_holder(args.holder or config.holder)
+        settings = served_settings(holder.key, config.protocol, config.stage_to_image)
+        microscope = open_microscope(config)
     stop = threading.Event()
 
     def interrupt(signum, frame):
@@ -53,7 +72,6 @@ def _serve(args) -> int:
         print(f"stage-acceptance: serving {microscope.name} on {endpoint} (holder {holder.key}); Ctrl-C stops",
               flush=True)
 
-    settings = served_settings(holder.key, config.protocol, config.stage_to_image)
     serve(microscope, args.bind, holder.limits, keys_dir=args.keys, delay_s=args.delay_s, stop_event=stop,
           ready=ready, settings=settings)
     print("stage-acceptance: stopped", flush=True)
@@ -75,10 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     from .remote.client import RemoteError
     from .remote.keys import KeysError
     from .remote.server import ServeError
+    from .session import RecordingError
 
     try:
         return _serve(args) if args.command == "serve" else _keys(args)
-    except (ConfigError, ServeError, KeysError, RemoteError, OSError) as exc:
+    except (ConfigError, RecordingError, ServeError, KeysError, RemoteError, OSError) as exc:
         print(f"stage-acceptance {args.command}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:

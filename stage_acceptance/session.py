@@ -149,6 +149,14 @@ SESSION_SCHEMA = {
         },
         "started": {"type": "string"},
         "notes": {"type": "string"},
+        "stage_acceptance": {  # this project's extension; other writers leave it out
+            "type": "object",
+            "properties": {
+                "origin": _position_schema,
+                "protocols": {"type": "array", "items": {"type": "string"}},
+                "protocol": {"type": "object"},
+            },
+        },
     },
 }
 

@@ -38,10 +38,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(microscope: str, port: int, *extra: str) -> subprocess.Popen:
-    """Start a server and return once it listens (its first stdout line says so)."""
+def start_server(microscope: str | None, port: int, *extra: str) -> subprocess.Popen:
+    """Start a server and return once it listens (its first stdout line says so).
+
+    With `microscope` None the backend comes from `extra` (e.g. ``--replay DIR``).
+    """
+    source = ["--microscope", microscope] if microscope is not None else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "stage_acceptance.cli", "serve", "--microscope", microscope,
+        [sys.executable, "-m", "stage_acceptance.cli", "serve", *source,
          "--bind", f"tcp://127.0.0.1:{port}", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + STARTUP_S

@@ -7,7 +7,9 @@ enforces the holder's
 travel limits itself (an :class:`~stage_acceptance.microscope.Envelope` sits between
 the socket and the backend), so a misbehaving client cannot drive the stage out of
 limits. A malformed or oversized message gets an error reply; the server keeps
-serving. It binds loopback unless CURVE keys are given.
+serving. It binds loopback unless CURVE keys are given. Every client starts with
+``describe``; a backend with a ``rewind()`` method (a replay) is rewound then, so each
+client is served the recording from its first frame.
 """
 
 from __future__ import annotations
@@ -148,6 +150,9 @@ class Handler:
     def _call(self, request: Request) -> list[bytes]:
         microscope = self.envelope
         if request.call == "describe":
+            rewind = getattr(microscope.microscope, "rewind", None)
+            if callable(rewind):  # every client starts with describe: a replay starts again at frame 0
+                rewind()
             return encode_reply(request.id, describe(microscope.microscope, self.limits, self.settings))
         if request.call == "move_to":
             microscope.move_to(position_from_wire(request.args["target"], "move_to target"))
