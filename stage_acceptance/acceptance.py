@@ -8,6 +8,7 @@ through fixtures; everything worth testing lives here.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,11 +34,17 @@ def open_microscope(config: MicroscopeConfig) -> Microscope:
         For a kind this installation cannot drive.
     RemoteError
         For a remote microscope that does not answer within its ``timeout_s``.
+    PyJEMError
+        For a JEOL microscope whose PyJEM, detector or camera call is missing.
     """
     if config.kind == "sim":
         from .sim.microscope import SimulatedMicroscope
 
         return SimulatedMicroscope(config)
+    if config.kind == "pyjem" and config.pyjem is not None:
+        from .backends.pyjem import open_pyjem
+
+        return open_pyjem(config)
     if config.kind == "remote" and config.remote is not None:
         from .remote.client import RemoteMicroscope
 
@@ -187,6 +194,10 @@ class AcceptanceRun:
             config = load_microscope(microscope)
             if config.kind == "remote":
                 config = served_config(config)
+            if config.kind == "pyjem" and importlib.util.find_spec("PyJEM") is None:
+                raise ConfigError(f"{config.path}: kind = \"pyjem\" needs PyJEM, which is not installed here: run "
+                                  f"on the JEOL microscope PC, or serve it from there (stage-acceptance serve "
+                                  f"--microscope {config.name}) and give --microscope tcp://HOST:PORT")
             self.microscope_config = config
             self.microscope_name = config.name
             self.holder = self._load_holder(holder, config)

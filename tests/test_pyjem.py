@@ -1,13 +1,22 @@
-"""The PyJEM backend against a stand-in ``TEM3.Stage3`` (tests/pyjem_standin.py)."""
+"""The PyJEM backend against a stand-in ``TEM3.Stage3`` (tests/pyjem_standin.py) and the
+stand-in PyJEM package (tests/standins)."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import pyjem_standin
-from stage_acceptance.backends.pyjem import PyJEMError, PyJEMMicroscope, PyJEMStage, load_stage3
-from stage_acceptance.config import load_holder
+from stage_acceptance.acceptance import AcceptanceRun
+from stage_acceptance.backends.pyjem import (PyJEMError, PyJEMMicroscope, PyJEMStage, detector_camera, load_stage3,
+                                             open_pyjem, python_camera)
+from stage_acceptance.config import ConfigError, load_holder, load_microscope
+from stage_acceptance.protocols import FAMILIES
 from stage_acceptance.geometry import StagePosition
 from stage_acceptance.remote.protocol import decode_reply, encode_request
 from stage_acceptance.remote.server import Handler
@@ -125,3 +134,101 @@ def test_stop_from_another_thread_aborts_a_move_under_way():
     thread.join(5.0)
     assert not thread.is_alive()
     assert errors and "aborted by stop" in errors[0]
+
+
+# --------------------------------------------------------------------------- kind = "pyjem" configs
+
+STANDINS = Path(__file__).parent / "standins"
+PYJEM_STANDIN = Path(__file__).parent / "configs" / "pyjem-standin.toml"
+
+
+@pytest.fixture
+def standin_package(monkeypatch):
+    """The stand-in PyJEM package (tests/standins) importable in this process."""
+    pyjem_standin.uninstall()
+    monkeypatch.syspath_prepend(str(STANDINS))
+    yield
+    for name in [name for name in sys.modules if name == "PyJEM" or name.startswith("PyJEM.")]:
+        del sys.modules[name]
+
+
+def write(tmp_path, text, name="jeol.toml"):
+    path = tmp_path / name
+    path.write_text('name = "jeol"\nkind = "pyjem"\npixel_size_nm = 15.0\nframe_px = 128\n' + text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", r"needs exactly one of 'pyjem.detector'"),
+    ('[pyjem]\ndetector = "ADF1"\ncamera = "cam:grab"\n', r"needs exactly one of 'pyjem.detector'"),
+    ('[pyjem]\ncamera = "no colon"\n', r"key 'pyjem.camera' has bad value 'no colon'"),
+    ('[pyjem]\ndetector = "ADF1"\npoll_s = 0\n', r"key 'pyjem.poll_s' has bad value 0"),
+    ('[pyjem]\ndetector = "ADF1"\n[sim]\nseed = 1\n', r"key 'sim' is only allowed with kind = \"sim\""),
+])
+def test_pyjem_config_errors_name_the_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_microscope(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_shipped_grandarm_config_is_a_pyjem_microscope():
+    config = load_microscope("grandarm")
+    assert config.kind == "pyjem" and config.pyjem.detector and config.holder == "jeol-double-tilt"
+
+
+def test_without_pyjem_a_pyjem_run_stops_before_anything(tmp_path):
+    pyjem_standin.uninstall()
+    with pytest.raises(ConfigError, match=r"needs PyJEM, which is not installed here.*--microscope tcp://"):
+        AcceptanceRun("grandarm", None, None, reports_dir=tmp_path)
+    assert not (tmp_path / "reports").exists()
+
+
+def test_python_camera_is_found_next_to_the_config(tmp_path, standin_package):
+    (tmp_path / "lab_camera.py").write_text("import numpy as np\n\ndef grab():\n"
+                                            "    return np.full((128, 128), 7, dtype=np.uint16)\n")
+    config = load_microscope(write(tmp_path, '[pyjem]\ncamera = "lab_camera:grab"\n'))
+    microscope = open_pyjem(config)
+    assert microscope.acquire().sum() == 7 * 128 * 128 and microscope.name == "jeol"
+    with pytest.raises(PyJEMError, match=r"camera 'lab_camera:nothing': lab_camera has no function 'nothing'"):
+        python_camera("lab_camera:nothing", tmp_path)
+    with pytest.raises(PyJEMError, match=r"cannot import 'no_such_module'.*next to the microscope config"):
+        python_camera("no_such_module:grab", tmp_path)
+    sys.modules.pop("lab_camera", None)
+
+
+def test_detector_frames_are_checked_against_frame_px(tmp_path, standin_package):
+    image = detector_camera("ADF1", 128)()
+    assert image.shape == (128, 128) and image.dtype == np.uint16 and image.std() > 0
+    with pytest.raises(PyJEMError, match=r"returned 32768 bytes, expected 8192 for a 64 x 64 16-bit frame"):
+        detector_camera("ADF1", 64)()
+    with pytest.raises(PyJEMError, match=r"cannot open PyJEM detector 'missing'"):
+        detector_camera("missing", 128)
+
+
+def test_serve_a_pyjem_microscope_and_certify_it_remotely(tmp_path, monkeypatch):
+    from test_remote import free_port, start_server, stop_server
+
+    port = free_port()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(STANDINS), str(Path(__file__).parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    process = start_server(str(PYJEM_STANDIN), port)  # the server imports the stand-in PyJEM
+    try:
+        run = AcceptanceRun(f"tcp://127.0.0.1:{port}", None, None, reports_dir=tmp_path)
+        assert run.outputs.html.name.startswith("jeol-standin-") and run.holder.key == "jeol-double-tilt"
+        session = run.session(FAMILIES["certification"])
+        run.evaluate()
+    finally:
+        stop_server(process)
+    assert session.pixel_size_nm == 15.0 and session.image(0).shape == (128, 128)
+    first = session.frames[1]  # the stand-in lands exactly: reported = target = actual
+    assert abs(first.reported.x_nm - first.target.x_nm) <= 5.0
+    assert run.certificate.case == "a" and run.certificate.accepted
+
+
+def test_serving_pyjem_without_pyjem_is_a_one_line_error():
+    result = subprocess.run([sys.executable, "-m", "stage_acceptance.cli", "serve", "--microscope", "grandarm"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("stage-acceptance serve: error: PyJEM is not installed: the PyJEM backend "
+                                     "runs on the JEOL microscope PC (pip install PyJEM there)")

@@ -8,25 +8,31 @@ the stage has started moving, so a status "at rest" right after a call proves no
 :class:`PyJEMStage` waits until the axis is at rest **and** reports the target within a
 tolerance, and stops the stage if that does not happen in time.
 
-On the microscope PC, serve it with :func:`stage_acceptance.remote.server.serve`::
-
-    stage = PyJEMStage(load_stage3())
-    microscope = PyJEMMicroscope(stage, camera, name="grandarm", pixel_size_nm=7.32, frame_px=512)
-    serve(microscope, "tcp://127.0.0.1:5555", load_holder("jeol-double-tilt").limits)
-
-where ``camera()`` returns one image as a 2-D array (the facility's detector call).
+A microscope config with ``kind = "pyjem"`` opens it (:func:`open_pyjem`); on the
+microscope PC serve it with ``stage-acceptance serve --microscope NAME``. Images come
+from a PyJEM detector (``[pyjem] detector``: ``PyJEM.detector.Detector(name)``, whose
+``snapshot_rawdata()`` returns the raw 16-bit frame) or from any Python callable
+(``[pyjem] camera = "module:function"``, e.g. a facility's Gatan or Thermo camera
+bridge) that returns a 2-D array.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
+import sys
 import threading
 import time
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ..geometry import AXES, StagePosition
+
+if TYPE_CHECKING:
+    from ..config import MicroscopeConfig
 
 STATUS_REST = 0
 STATUS_MOVING = 1
@@ -53,6 +59,86 @@ def load_stage3():
         raise PyJEMError("PyJEM is not installed: the PyJEM backend runs on the JEOL microscope PC "
                          "(pip install PyJEM there)") from None
     return TEM3.Stage3()
+
+
+def detector_camera(name: str, frame_px: int) -> Callable[[], np.ndarray]:
+    """A camera call for the PyJEM detector `name` (``PyJEM.detector.Detector``).
+
+    ``snapshot_rawdata()`` returns the frame as raw little-endian 16-bit pixels; the
+    detector's image size must be `frame_px` x `frame_px`.
+
+    Raises
+    ------
+    PyJEMError
+        If PyJEM is not installed or the detector cannot be opened.
+    """
+    try:
+        from PyJEM.detector import Detector
+    except ImportError:
+        raise PyJEMError("PyJEM is not installed: the PyJEM backend runs on the JEOL microscope PC "
+                         "(pip install PyJEM there)") from None
+    try:
+        detector = Detector(name)
+    except Exception as exc:
+        raise PyJEMError(f"cannot open PyJEM detector {name!r}: {type(exc).__name__}: {exc}") from None
+    expected = frame_px * frame_px * 2
+
+    def snapshot() -> np.ndarray:
+        raw = detector.snapshot_rawdata()
+        if len(raw) != expected:
+            raise PyJEMError(f"detector {name!r} returned {len(raw)} bytes, expected {expected} for a "
+                             f"{frame_px} x {frame_px} 16-bit frame: set its image size to frame_px = {frame_px}")
+        return np.frombuffer(raw, dtype="<u2").reshape(frame_px, frame_px).copy()
+
+    return snapshot
+
+
+def python_camera(spec: str, config_dir: Path | None = None) -> Callable[[], np.ndarray]:
+    """The camera call ``"module:function"``.
+
+    The module is imported from the Python path, or else from ``module.py`` in
+    `config_dir` (the folder of the microscope config).
+
+    Raises
+    ------
+    PyJEMError
+        If the module or the function cannot be found.
+    """
+    module_name, _, function_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        local = config_dir / f"{module_name.replace('.', '/')}.py" if config_dir else None
+        if exc.name != module_name.split(".")[0] or local is None or not local.is_file():
+            raise PyJEMError(f"camera {spec!r}: cannot import {module_name!r} ({exc}); put it on the Python "
+                             f"path or next to the microscope config") from None
+        loader = importlib.util.spec_from_file_location(module_name, local)
+        module = importlib.util.module_from_spec(loader)
+        sys.modules[module_name] = module
+        loader.loader.exec_module(module)
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise PyJEMError(f"camera {spec!r}: {module_name} has no function {function_name!r}")
+    return function
+
+
+def open_pyjem(config: "MicroscopeConfig") -> "PyJEMMicroscope":
+    """The JEOL microscope a ``kind = "pyjem"`` config describes.
+
+    Raises
+    ------
+    PyJEMError
+        If PyJEM, the detector or the camera function is missing.
+    """
+    options = config.pyjem
+    if options.detector is not None:
+        camera = detector_camera(options.detector, config.frame_px)
+    else:
+        camera = python_camera(options.camera, config.path.parent if config.path else None)
+    stage = PyJEMStage(load_stage3(), tolerance_nm=options.tolerance_nm, tolerance_deg=options.tolerance_deg,
+                       move_timeout_s=options.move_timeout_s, poll_s=options.poll_s)
+    return PyJEMMicroscope(stage, camera, name=config.name, pixel_size_nm=config.pixel_size_nm,
+                           frame_px=config.frame_px)
 
 
 class PyJEMStage:
