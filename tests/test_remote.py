@@ -437,3 +437,54 @@ def test_stop_aborts_a_move_under_way_and_other_calls_are_refused_as_busy():
         watcher.close()
         done.set()
         server.join(5.0)
+
+
+def test_pytest_run_against_a_killed_server_writes_an_incomplete_report_and_a_restart_passes(pytester, tmp_path):
+    import shutil
+    import threading
+
+    from conftest import SUITES
+
+    shutil.copytree(SUITES, pytester.path / "suites")
+    port = free_port()
+    process = start_server(CASE_A, port, "--delay-s", "0.03")  # slow enough to be caught mid-run
+    config = tmp_path / "remote.toml"
+    config.write_text(f'name = "r"\nkind = "remote"\n[remote]\nendpoint = "tcp://127.0.0.1:{port}"\ntimeout_s = 3.0\n')
+    record, html, results = tmp_path / "rec", tmp_path / "r.html", tmp_path / "r.json"
+    killed = {}
+
+    def kill_after_ten_frames():
+        frames = record / "frames.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if frames.exists() and len(frames.read_text().splitlines()) >= 10:
+                process.kill()
+                process.wait(timeout=10)
+                killed["at"] = time.monotonic()
+                return
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=kill_after_ten_frames, daemon=True)
+    watcher.start()
+    try:
+        result = pytester.runpytest_subprocess("suites", "-p", "no:cacheprovider", f"--microscope={config}",
+                                               f"--record={record}", f"--html={html}", f"--results-json={results}")
+    finally:
+        watcher.join(timeout=10)
+        stop_server(process)
+    assert "at" in killed
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*INCOMPLETE RUN*", "*no reply to '*' within 3 s*"])
+    frames = read_recording(record).frames
+    assert 10 <= len(frames) < 20  # intact up to its last frame
+    assert "INCOMPLETE RUN" in html.read_text()
+    document = json.loads(results.read_text())
+    assert "within 3 s" in document["incomplete"] and document["certification"]["accepted"] is False
+
+    restarted = start_server(CASE_A, port)
+    try:
+        again = pytester.runpytest_subprocess("suites", "-p", "no:cacheprovider", f"--microscope={config}",
+                                              "-m", "drift", f"--record={tmp_path / 'rec2'}")
+    finally:
+        stop_server(restarted)
+    again.assert_outcomes(passed=1, deselected=20)
