@@ -177,3 +177,19 @@ def test_tilt_response_recovers_shift_per_degree_and_backlash(slope, backlash, a
     assert result.shift_nm_per_deg == pytest.approx(slope, rel=1e-9)
     assert result.backlash_deg == pytest.approx(backlash, abs=1e-9)
     assert np.allclose(result.direction, direction)
+
+
+def test_parallel_registration_gives_the_serial_result_in_order(tmp_path):
+    from conftest import CONFIGS, record_sim
+    from stage_acceptance.analysis import register_pairs
+    from stage_acceptance.config import load_microscope
+
+    session, _ = record_sim(load_microscope(CONFIGS / "case-b.toml"), tmp_path, protocols=("cross",))
+    pairs = [(0, i) for i in range(1, len(session.frames))] + [(3, 2), (1, 0)]
+    serial = register_pairs(session, pairs, session.stage_to_image, workers=1)
+    parallel = register_pairs(session, pairs, session.stage_to_image, workers=3)
+    assert [(r.reference, r.moving) for r in parallel] == pairs
+    for a, b in zip(serial, parallel, strict=True):
+        assert a.result.ok == b.result.ok and a.result.reason == b.result.reason
+        np.testing.assert_array_equal(a.result.shift_px, b.result.shift_px)
+    assert {r.result.ok for r in parallel} == {True, False}  # far pairs do not overlap: both paths compared
