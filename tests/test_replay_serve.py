@@ -73,7 +73,7 @@ def test_a_different_protocol_is_refused_naming_the_frame(tmp_path):
     other = tmp_path / "other.toml"
     other.write_text((CONFIGS / "case-c.toml").read_text().replace("step_nm = 600.0", "step_nm = 500.0"))
     with pytest.raises(ReplayMismatch, match=r"move to \(x=-500 nm.*differs from the target of recorded frame 0 "
-                                             r"\(x=-600 nm.*pytest suites/ --replay"):
+                                             r"\(x=-600 nm.*\(hysteresis-x\): run the suites without -m/-k.*pytest suites/ --replay DIR"):
         play(recorded, tmp_path, ("hysteresis-x",), config=str(other))
 
 

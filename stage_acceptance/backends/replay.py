@@ -66,7 +66,10 @@ class ReplayMicroscope:
         self.frame_px = int(session.image(0).shape[1])
         self._targets = np.array([frame.target.as_array() for frame in session.frames])
         self._reported = np.array([frame.reported.as_array() for frame in session.frames])
-        origin = (session.meta.get("stage_acceptance") or {}).get("origin")
+        extension = session.meta.get("stage_acceptance") or {}
+        origin = extension.get("origin")
+        names = extension.get("protocols")
+        self._recorded_protocols = f" ({', '.join(names)})" if names else ""
         self._origin = None if origin is None else StagePosition.from_dict(origin).as_array()
         self.rewind()
 
@@ -98,7 +101,8 @@ class ReplayMicroscope:
             raise ReplayMismatch(
                 f"replay of {self.session.directory}: move to ({_describe(wanted)}) differs from the target of "
                 f"recorded frame {self._next} ({_describe(expected)}); a replay serves only the recorded "
-                f"sequence: run the protocols it was recorded with, or analyse it with pytest suites/ --replay")
+                f"sequence{self._recorded_protocols}: run the suites without -m/-k selection and with the "
+                f"recording's [protocol], or analyse it with pytest suites/ --replay DIR")
         self._commanded = wanted
         self._moved = True
 
