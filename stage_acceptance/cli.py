@@ -10,6 +10,7 @@ import argparse
 import signal
 import sys
 import threading
+from datetime import datetime, timezone
 
 from .config import ConfigError, load_holder, load_microscope
 
@@ -33,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="CURVE key folder made by 'stage-acceptance keys'; required for a non-loopback bind")
     serve.add_argument("--delay-s", type=float, default=0.0,
                        help="delay every reply by this many seconds (testing slow links)")
+    serve.add_argument("--verbose", action="store_true",
+                       help="log every call (moves with their targets); by default only clients starting and "
+                            "ending, stops and errors")
     keys = commands.add_parser("keys", help="create CURVE server and client key pairs in DIR")
     keys.add_argument("directory", metavar="DIR")
     return parser
@@ -72,8 +76,11 @@ def _serve(args) -> int:
         print(f"stage-acceptance: serving {microscope.name} on {endpoint} (holder {holder.key}); Ctrl-C stops",
               flush=True)
 
+    def log(line: str) -> None:
+        print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S}Z {line}", flush=True)
+
     serve(microscope, args.bind, holder.limits, keys_dir=args.keys, delay_s=args.delay_s, stop_event=stop,
-          ready=ready, settings=settings)
+          ready=ready, settings=settings, log=log, verbose=args.verbose)
     print("stage-acceptance: stopped", flush=True)
     return 0
 

@@ -8,6 +8,7 @@ import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +55,12 @@ def start_server(microscope: str | None, port: int, *extra: str) -> subprocess.P
         if ready:
             line = process.stdout.readline()
             if "serving" in line:
+                # Keep reading the server's log so its pipe never fills; tests may inspect it.
+                process.log_lines = []
+                reader = threading.Thread(target=lambda: process.log_lines.extend(iter(process.stdout.readline, "")),
+                                          daemon=True)
+                reader.start()
+                process.log_reader = reader
                 return process
         if process.poll() is not None:
             break
@@ -72,6 +79,9 @@ def stop_server(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+    reader = getattr(process, "log_reader", None)
+    if reader is not None:
+        reader.join(timeout=10)  # the pipe is at its end once the server has exited
     for stream in (process.stdout, process.stderr):
         if stream is not None:
             stream.close()
@@ -300,12 +310,17 @@ def test_malformed_and_oversized_messages_get_error_replies(server):
 
 
 def test_server_refuses_out_of_limit_moves_from_a_raw_client(server):
-    endpoint, _ = server()
+    endpoint, process = server("--verbose")
     far = StagePosition(x_nm=5e6).as_dict()
     reply = raw_request(endpoint, [header("move_to", {"target": far})])
     assert reply["ok"] is False and "outside the holder limit x_nm" in reply["error"]
     inside = StagePosition(x_nm=500.0).as_dict()
     assert raw_request(endpoint, [header("move_to", {"target": inside})])["ok"]
+    deadline = time.monotonic() + 5
+    while len(process.log_lines) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "move_to: error: move refused: x = 5e+06 nm is outside" in process.log_lines[0]
+    assert process.log_lines[1].rstrip().endswith("move_to x=500 y=0 z=0 alpha=0 beta=0")
     position = raw_request(endpoint, [header("position")])["result"]["position"]
     assert math.isclose(position["x"], 500.0, abs_tol=5.0)  # reported noise 0.5 nm
 

@@ -89,7 +89,8 @@ def test_ctrl_c_stops_the_server_cleanly():
     try:
         process.send_signal(subprocess.signal.SIGINT)
         assert process.wait(timeout=10) == 0
-        assert "stopped" in process.stdout.read()
+        process.log_reader.join(timeout=10)
+        assert "stage-acceptance: stopped" in "".join(process.log_lines)
     finally:
         stop_server(process)
 

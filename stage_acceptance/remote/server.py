@@ -20,6 +20,7 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import zmq
 
@@ -28,7 +29,7 @@ from ..geometry import AXES, AXIS_UNITS, StageToImage
 from ..microscope import Envelope, Microscope, MoveRefused
 from .keys import authorized_dir, server_secret
 from .protocol import (MAX_MESSAGE_BYTES, ProtocolError, Request, decode_request, encode_error, encode_reply,
-                       position_from_wire, position_to_wire)
+                       one_line, position_from_wire, position_to_wire)
 
 POLL_INTERVAL_S = 0.1
 """How often the serving loop looks at its stop event."""
@@ -105,6 +106,20 @@ def served_settings(holder: str | None = None, protocol: ProtocolConfig | None =
     return settings
 
 
+_ALWAYS_LOGGED = ("describe", "stop", "close")
+
+
+def _summary(request: Request) -> str:
+    """One log line for a served call."""
+    if request.call == "move_to":
+        target = request.args["target"]
+        return "move_to " + " ".join(f"{axis}={target[axis]:g}" for axis in AXES)
+    if request.call == "wait":
+        return f"wait {request.args['seconds']:g} s"
+    return {"describe": "describe (a client starts)", "close": "close (the client is done)",
+            "stop": "stop (stage stopped where it is)"}.get(request.call, request.call)
+
+
 class Handler:
     """Turns request frames into reply frames for one microscope (no sockets).
 
@@ -120,10 +135,16 @@ class Handler:
         Larger requests get an error reply.
     settings : dict, optional
         Optional ``describe`` keys (:func:`served_settings`).
+    log : callable, optional
+        ``log(line)`` for every error reply and every ``describe``, ``stop`` and
+        ``close``; with `verbose` for every call.
+    verbose : bool
+        Log every call, moves with their targets.
     """
 
     def __init__(self, microscope: Microscope, limits: dict[str, tuple[float, float]], *,
-                 delay_s: float = 0.0, max_message_bytes: int = MAX_MESSAGE_BYTES, settings: dict | None = None):
+                 delay_s: float = 0.0, max_message_bytes: int = MAX_MESSAGE_BYTES, settings: dict | None = None,
+                 log: Callable[[str], None] | None = None, verbose: bool = False):
         if delay_s < 0:
             raise ServeError(f"delay_s must be >= 0, got {delay_s}")
         self.envelope = Envelope(microscope, limits)
@@ -131,6 +152,8 @@ class Handler:
         self.delay_s = float(delay_s)
         self.max_message_bytes = int(max_message_bytes)
         self.settings = dict(settings or {})
+        self.log = log
+        self.verbose = bool(verbose)
 
     def handle(self, frames: list[bytes]) -> list[bytes]:
         """Answer one request; never raises for anything a client sends."""
@@ -139,13 +162,23 @@ class Handler:
         try:
             request = decode_request(frames, self.max_message_bytes)
         except ProtocolError as exc:
-            return encode_error(exc.request_id, f"bad request: {exc}")
+            return self.error(exc.request_id, "request", f"bad request: {exc}")
         try:
-            return self._call(request)
+            reply = self._call(request)
         except MoveRefused as exc:
-            return encode_error(request.id, str(exc))
+            return self.error(request.id, request.call, str(exc))
         except Exception as exc:  # a backend failure is reported to the client, not fatal to the server
-            return encode_error(request.id, f"{request.call} failed on the microscope: {type(exc).__name__}: {exc}")
+            return self.error(request.id, request.call,
+                              f"{request.call} failed on the microscope: {type(exc).__name__}: {exc}")
+        if self.log is not None and (self.verbose or request.call in _ALWAYS_LOGGED):
+            self.log(_summary(request))
+        return reply
+
+    def error(self, request_id: int | None, call: str, message: str) -> list[bytes]:
+        """An error reply, logged."""
+        if self.log is not None:
+            self.log(f"{call}: error: {one_line(message)}")
+        return encode_error(request_id, message)
 
     def _call(self, request: Request) -> list[bytes]:
         microscope = self.envelope
@@ -204,7 +237,8 @@ def _peek(payload: list[bytes], max_message_bytes: int) -> tuple[str | None, int
 def serve(microscope: Microscope, bind: str, limits: dict[str, tuple[float, float]], *,
           keys_dir: str | Path | None = None, delay_s: float = 0.0,
           max_message_bytes: int = MAX_MESSAGE_BYTES, stop_event: threading.Event | None = None,
-          ready=None, settings: dict | None = None) -> None:
+          ready=None, settings: dict | None = None, log: Callable[[str], None] | None = None,
+          verbose: bool = False) -> None:
     """Serve `microscope` on `bind` until `stop_event` is set or Ctrl-C.
 
     Parameters
@@ -228,6 +262,11 @@ def serve(microscope: Microscope, bind: str, limits: dict[str, tuple[float, floa
         Called with the bound endpoint once the socket listens.
     settings : dict, optional
         Optional ``describe`` keys (:func:`served_settings`).
+    log : callable, optional
+        ``log(line)`` for errors, ``describe``, ``stop`` and ``close`` (all calls with
+        `verbose`).
+    verbose : bool
+        Log every call.
 
     Raises
     ------
@@ -236,7 +275,7 @@ def serve(microscope: Microscope, bind: str, limits: dict[str, tuple[float, floa
     """
     try:
         handler = Handler(microscope, limits, delay_s=delay_s, max_message_bytes=max_message_bytes,
-                          settings=settings)
+                          settings=settings, log=log, verbose=verbose)
         if not is_loopback(bind) and keys_dir is None:
             raise ServeError(f"bind {bind} is not loopback: give CURVE keys (--keys DIR, made by "
                              f"'stage-acceptance keys DIR') to serve on the network")
@@ -284,8 +323,8 @@ def serve(microscope: Microscope, bind: str, limits: dict[str, tuple[float, floa
             envelope, payload = message[: split + 1], message[split + 1:]
             call, request_id = _peek(payload, max_message_bytes)
             if mover is not None and call != "stop":
-                reply = encode_error(request_id, f"busy: a move is under way; only 'stop' is served until it ends "
-                                                 f"(got '{call}')")
+                reply = handler.error(request_id, call or "request", f"busy: a move is under way; only 'stop' is "
+                                                                     f"served until it ends (got '{call}')")
             elif call == "move_to":
                 mover = _Move(envelope, handler, payload)
                 continue
