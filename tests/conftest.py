@@ -10,7 +10,7 @@ from hypothesis import settings
 
 from stage_acceptance.analysis import analyse
 from stage_acceptance.certification import certify
-from stage_acceptance.config import MicroscopeConfig, load_holder, load_microscope
+from stage_acceptance.config import MicroscopeConfig, ProtocolConfig, load_holder, load_microscope
 from stage_acceptance.microscope import Envelope
 from stage_acceptance.protocols import FAMILIES, build
 from stage_acceptance.session import RecordingWriter, run_protocols
@@ -31,17 +31,21 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+def record_on(microscope, directory: Path, protocol: ProtocolConfig, protocols, holder="default", **meta):
+    """Run `protocols` on any microscope behind the holder's envelope, recording to `directory`."""
+    meta = {"microscope": microscope.name, "holder": holder, "pixel_size_nm": microscope.pixel_size_nm, **meta}
+    writer = RecordingWriter(directory, meta)
+    return run_protocols(Envelope(microscope, load_holder(holder).limits), build(protocol, protocols), writer)
+
+
 def record_sim(config: MicroscopeConfig, directory: Path, protocols=FAMILIES["certification"], holder="default"):
     """Run `protocols` on the simulated microscope of `config`; return (session, microscope)."""
     microscope = SimulatedMicroscope(config)
-    meta = {"microscope": config.name, "holder": holder, "pixel_size_nm": config.pixel_size_nm}
+    meta = {}
     if config.stage_to_image is not None:
         meta["stage_to_image"] = {"rotation_deg": config.stage_to_image.rotation_deg,
                                   "flip_y": config.stage_to_image.flip_y}
-    writer = RecordingWriter(directory, meta)
-    envelope = Envelope(microscope, load_holder(holder).limits)
-    session = run_protocols(envelope, build(config.protocol, protocols), writer)
-    return session, microscope
+    return record_on(microscope, directory, config.protocol, protocols, holder, **meta), microscope
 
 
 def certify_sim(config: MicroscopeConfig, directory: Path, holder="default"):

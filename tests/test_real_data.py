@@ -4,7 +4,6 @@ frames taken at the same place while the image barely moves. The registration mu
 see that, and the twin must reproduce it."""
 
 import dataclasses
-from pathlib import Path
 
 import mdocfile
 import mrcfile

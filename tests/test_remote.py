@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import CONFIGS, record_sim
+from conftest import CONFIGS, record_on, record_sim
 from stage_acceptance.acceptance import AcceptanceRun
 from stage_acceptance.config import ConfigError, load_holder, load_microscope
 from stage_acceptance.geometry import StagePosition
@@ -128,9 +128,7 @@ def header(call: str, args: dict | None = None, request_id: int = 7, **override)
 def record_remote(client, directory: Path, protocols, holder="default", config=None):
     """Record `protocols` through `client` like record_sim does locally."""
     config = config or load_microscope(CASE_A)
-    meta = {"microscope": client.name, "holder": holder, "pixel_size_nm": client.pixel_size_nm}
-    writer = RecordingWriter(directory, meta)
-    return run_protocols(Envelope(client, load_holder(holder).limits), build(config.protocol, protocols), writer)
+    return record_on(client, directory, config.protocol, protocols, holder)
 
 
 # --------------------------------------------------------------------------- wire format (no sockets)

@@ -10,13 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import CONFIGS
+from conftest import CONFIGS, record_on
 from stage_acceptance.acceptance import AcceptanceRun
 from stage_acceptance.backends.replay import ReplayMicroscope, ReplayMismatch
-from stage_acceptance.config import load_holder, load_microscope
-from stage_acceptance.microscope import Envelope
-from stage_acceptance.protocols import FAMILIES, build
-from stage_acceptance.session import RecordingWriter, read_recording, run_protocols
+from stage_acceptance.config import load_microscope
+from stage_acceptance.protocols import FAMILIES
+from stage_acceptance.session import read_recording
 from test_remote import free_port, start_server, stop_server
 
 CASE_C = str(CONFIGS / "case-c.toml")
@@ -35,9 +34,7 @@ def play(session_or_microscope, tmp_path, protocols, config=CASE_C, name="played
     microscope = session_or_microscope
     if not isinstance(microscope, ReplayMicroscope):
         microscope = ReplayMicroscope(microscope)
-    writer = RecordingWriter(tmp_path / name, {"microscope": microscope.name, "pixel_size_nm": microscope.pixel_size_nm})
-    protocol = load_microscope(config).protocol
-    return run_protocols(Envelope(microscope, load_holder("default").limits), build(protocol, protocols), writer)
+    return record_on(microscope, tmp_path / name, load_microscope(config).protocol, protocols)
 
 
 def same_frames(a, b):

@@ -2,7 +2,6 @@
 blur from z, read noise, and a real image as the specimen."""
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -38,6 +38,8 @@ STATUS_REST = 0
 STATUS_MOVING = 1
 STATUS_HARDWARE_LIMIT = 2
 
+NOT_INSTALLED = "PyJEM is not installed: the PyJEM backend runs on the JEOL microscope PC (pip install PyJEM there)"
+
 _SETTERS = {"x": "SetX", "y": "SetY", "z": "SetZ", "alpha": "SetTiltXAngle", "beta": "SetTiltYAngle"}
 
 
@@ -56,8 +58,7 @@ def load_stage3():
     try:
         from PyJEM import TEM3
     except ImportError:
-        raise PyJEMError("PyJEM is not installed: the PyJEM backend runs on the JEOL microscope PC "
-                         "(pip install PyJEM there)") from None
+        raise PyJEMError(NOT_INSTALLED) from None
     return TEM3.Stage3()
 
 
@@ -75,8 +76,7 @@ def detector_camera(name: str, frame_px: int) -> Callable[[], np.ndarray]:
     try:
         from PyJEM.detector import Detector
     except ImportError:
-        raise PyJEMError("PyJEM is not installed: the PyJEM backend runs on the JEOL microscope PC "
-                         "(pip install PyJEM there)") from None
+        raise PyJEMError(NOT_INSTALLED) from None
     try:
         detector = Detector(name)
     except Exception as exc:
