@@ -73,8 +73,8 @@ def _serve(args) -> int:
     signal.signal(signal.SIGTERM, interrupt)
 
     def ready(endpoint: str) -> None:
-        print(f"stage-acceptance: serving {microscope.name} on {endpoint} (holder {holder.key}); Ctrl-C stops",
-              flush=True)
+        what = f"{microscope.name} (replay of {args.replay})" if args.replay else microscope.name
+        print(f"stage-acceptance: serving {what} on {endpoint} (holder {holder.key}); Ctrl-C stops", flush=True)
 
     def log(line: str) -> None:
         print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S}Z {line}", flush=True)
