@@ -501,3 +501,27 @@ def test_pytest_run_against_a_killed_server_writes_an_incomplete_report_and_a_re
     finally:
         stop_server(restarted)
     again.assert_outcomes(passed=1, deselected=20)
+
+
+@pytest.mark.parametrize("dtype, wire", [("int8", "int16"), ("uint32", "float64"), ("int64", "float64"),
+                                         ("float16", "float32"), ("bool", "uint8"), ("uint16", "uint16")])
+def test_pixel_types_the_wire_lacks_are_widened_without_loss(dtype, wire):
+    from stage_acceptance.remote.protocol import wire_image
+
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    if info is not None:  # 64-bit counts within 2**40: far beyond any detector, exact in float64
+        low, high = max(info.min, -2**40), min(info.max, 2**40)
+        image = rng.integers(low, high, size=(8, 8), endpoint=True, dtype=dtype)
+    else:
+        image = (rng.random((8, 8)) * 100).astype(dtype)
+    sent = decode_reply(encode_reply(1, {}, image=wire_image(image))).image
+    assert sent.dtype == np.dtype(wire)
+    assert np.array_equal(sent, image)  # every value exactly
+
+
+def test_a_non_pixel_type_is_still_refused():
+    from stage_acceptance.remote.protocol import wire_image
+
+    with pytest.raises(ValueError, match="pixel type complex64 is not one of"):
+        encode_reply(1, {}, image=wire_image(np.zeros((4, 4), np.complex64)))

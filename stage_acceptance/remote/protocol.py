@@ -224,6 +224,24 @@ def decode_request(frames: list[bytes], max_message_bytes: int = MAX_MESSAGE_BYT
 # --------------------------------------------------------------------------- replies
 
 
+def wire_image(image) -> np.ndarray:
+    """`image` in a pixel type the wire carries (:data:`DTYPES`).
+
+    A type the wire lacks is widened to the smallest one that holds every value
+    (``int8`` -> ``int16``, ``float16`` -> ``float32``, ``bool`` -> ``uint8``); 32- and
+    64-bit integers beyond ``int32`` go as ``float64`` (exact up to 2**53 counts).
+    """
+    image = np.asarray(image)
+    if image.dtype.name in DTYPES or image.dtype.kind not in "biuf":
+        return image  # already fine, or not a pixel type at all (encode_reply says so)
+    if image.dtype == np.bool_:
+        return image.astype(np.uint8)
+    for name in DTYPES:
+        if np.can_cast(image.dtype, name, casting="safe"):
+            return image.astype(name)
+    return image.astype(np.float64)
+
+
 def encode_reply(request_id: int, result: dict, image: np.ndarray | None = None) -> list[bytes]:
     """The frames of a successful reply; an image adds ``dtype`` and ``shape`` to the result.
 

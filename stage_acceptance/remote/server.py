@@ -29,7 +29,7 @@ from ..geometry import AXES, AXIS_UNITS, StageToImage
 from ..microscope import Envelope, Microscope, MoveRefused
 from .keys import authorized_dir, server_secret
 from .protocol import (MAX_MESSAGE_BYTES, ProtocolError, Request, decode_request, encode_error, encode_reply,
-                       one_line, position_from_wire, position_to_wire)
+                       one_line, position_from_wire, position_to_wire, wire_image)
 
 POLL_INTERVAL_S = 0.1
 """How often the serving loop looks at its stop event."""
@@ -193,7 +193,7 @@ class Handler:
         if request.call == "position":
             return encode_reply(request.id, {"position": position_to_wire(microscope.position())})
         if request.call == "acquire":
-            return encode_reply(request.id, {}, image=microscope.acquire())
+            return encode_reply(request.id, {}, image=wire_image(microscope.acquire()))
         if request.call == "wait":
             microscope.wait(float(request.args["seconds"]))
             return encode_reply(request.id, {})
