@@ -221,6 +221,14 @@ class AcceptanceRun:
         return "replay" if self.replay else "live"
 
     @property
+    def source_detail(self) -> str:
+        """The source for people: ``live``, ``live via tcp://HOST:PORT`` or ``replay``."""
+        config = self.microscope_config
+        if config is not None and config.kind == "remote":
+            return f"live via {config.remote.endpoint}"
+        return self.source
+
+    @property
     def session_path(self) -> Path | None:
         return Path(self.replay) if self.replay else self.outputs.recording
 
@@ -327,7 +335,9 @@ class AcceptanceRun:
             self.analysis, self.certificate, self.checks,
             microscope=self.microscope_name, holder=self.holder.key, source=self.source,
             session_path=str(self.session_path), tests=tests,
-            extra={"incomplete": self.incomplete, "holder_name": self.holder.name, "date_utc": self.started.isoformat(timespec="seconds"),
+            extra={"endpoint": self.microscope_config.remote.endpoint
+                   if self.microscope_config is not None and self.microscope_config.kind == "remote" else None,
+                   "incomplete": self.incomplete, "holder_name": self.holder.name, "date_utc": self.started.isoformat(timespec="seconds"),
                    "instrument_time_s": self.instrument_time_s(), "stage_acceptance_version": __version__},
         )
 

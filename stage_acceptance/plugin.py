@@ -236,7 +236,7 @@ class _RunHooks:
         prefix.append(certificate_html(
             run.certificate, run.checks, microscope=run.microscope_name,
             holder=f"{run.holder.name} ({run.holder.key})",
-            date_utc=run.started.strftime("%Y-%m-%d %H:%M:%S"), source=run.source,
+            date_utc=run.started.strftime("%Y-%m-%d %H:%M:%S"), source=run.source_detail,
             session_path=str(run.session_path),
             results_path=str(self.results_path) if self.results_path else None,
             instrument_time_s=run.instrument_time_s(), figures=run.figures(),

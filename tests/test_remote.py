@@ -262,6 +262,10 @@ def test_tcp_run_is_named_and_configured_by_the_served_instrument(server, tmp_pa
     config = run.microscope_config
     assert config.protocol == served.protocol and config.stage_to_image == served.stage_to_image
     assert (config.pixel_size_nm, config.frame_px) == (15.0, 128)
+    assert run.source_detail == f"live via {endpoint}"
+    run.session(("dwell",))
+    run.evaluate()
+    assert run.results({"passed": 1})["endpoint"] == endpoint
 
 
 def test_a_remote_config_file_wins_key_by_key_over_the_server(server, tmp_path):
