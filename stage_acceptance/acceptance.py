@@ -246,7 +246,6 @@ class AcceptanceRun:
         if self._session is None:
             config = self.microscope_config
             microscope = Envelope(open_microscope(config), self.holder.limits)
-            self.microscope_name = microscope.name  # a remote server names its microscope
             meta = {
                 "microscope": microscope.name,
                 "holder": self.holder.key,

@@ -156,13 +156,23 @@ class Handler:
         self.verbose = bool(verbose)
 
     def handle(self, frames: list[bytes]) -> list[bytes]:
-        """Answer one request; never raises for anything a client sends."""
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        """Answer one request's frames; never raises for anything a client sends."""
         try:
             request = decode_request(frames, self.max_message_bytes)
         except ProtocolError as exc:
-            return self.error(exc.request_id, "request", f"bad request: {exc}")
+            return self.bad_request(exc)
+        return self.answer(request)
+
+    def bad_request(self, problem: ProtocolError) -> list[bytes]:
+        """The error reply to a request that could not be decoded."""
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return self.error(problem.request_id, "request", f"bad request: {problem}")
+
+    def answer(self, request: Request) -> list[bytes]:
+        """Answer a decoded request; never raises."""
+        if self.delay_s:
+            time.sleep(self.delay_s)
         try:
             reply = self._call(request)
         except MoveRefused as exc:
@@ -211,27 +221,18 @@ class Handler:
 class _Move:
     """A ``move_to`` request being handled in a worker thread."""
 
-    def __init__(self, envelope: list[bytes], handler: Handler, payload: list[bytes]):
+    def __init__(self, envelope: list[bytes], handler: Handler, request: Request):
         self.envelope = envelope
         self.reply: list[bytes] = []
         self.done = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(handler, payload), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(handler, request), daemon=True)
         self._thread.start()
 
-    def _run(self, handler: Handler, payload: list[bytes]) -> None:
+    def _run(self, handler: Handler, request: Request) -> None:
         try:
-            self.reply = handler.handle(payload)
+            self.reply = handler.answer(request)
         finally:
             self.done.set()
-
-
-def _peek(payload: list[bytes], max_message_bytes: int) -> tuple[str | None, int | None]:
-    """The call and id a request names; call None if it cannot be decoded (the handler says why)."""
-    try:
-        request = decode_request(payload, max_message_bytes)
-    except ProtocolError as exc:
-        return None, exc.request_id
-    return request.call, request.id
 
 
 def serve(microscope: Microscope, bind: str, limits: dict[str, tuple[float, float]], *,
@@ -321,15 +322,22 @@ def serve(microscope: Microscope, bind: str, limits: dict[str, tuple[float, floa
             except ValueError:
                 continue  # not a REQ-style message (no delimiter): nothing to answer
             envelope, payload = message[: split + 1], message[split + 1:]
-            call, request_id = _peek(payload, max_message_bytes)
+            try:  # decoded once, here; the handler answers the decoded request
+                request, problem = decode_request(payload, max_message_bytes), None
+            except ProtocolError as exc:
+                request, problem = None, exc
+            call = request.call if request is not None else None
             if mover is not None and call != "stop":
+                request_id = request.id if request is not None else problem.request_id
                 reply = handler.error(request_id, call or "request", f"busy: a move is under way; only 'stop' is "
                                                                      f"served until it ends (got '{call}')")
+            elif problem is not None:
+                reply = handler.bad_request(problem)
             elif call == "move_to":
-                mover = _Move(envelope, handler, payload)
+                mover = _Move(envelope, handler, request)
                 continue
             else:
-                reply = handler.handle(payload)
+                reply = handler.answer(request)
             socket.send_multipart(envelope + reply, copy=False)
         if mover is not None:
             mover.done.wait()
