@@ -21,7 +21,8 @@ from .config import (MICROSCOPE_SCHEMA, ConfigError, HolderConfig, MicroscopeCon
                      load_microscope, schema_problem)
 from .microscope import Envelope, Microscope
 from .protocols import PROTOCOL_NAMES, build
-from .report import all_figures, results_json, write_json
+from .figures import all_figures
+from .report import results_json, write_json
 from .session import RecordingError, RecordingWriter, Session, read_recording, run_protocols
 
 

@@ -18,7 +18,8 @@ import pytest
 from .acceptance import AcceptanceRun
 from .config import ConfigError
 from .protocols import FAMILIES, PROTOCOL_NAMES, protocols_for_families
-from .report import certificate_html, incomplete_html, png_base64
+from .figures import png_base64
+from .report import certificate_html, incomplete_html
 from .session import RecordingError
 
 RUN_KEY = pytest.StashKey[AcceptanceRun]()
