@@ -16,14 +16,14 @@ from typing import Callable
 
 from . import __version__
 from .analysis import Analysis, analyse
-from .certification import Certificate, Check, certify, metric_checks
-from .config import (MICROSCOPE_SCHEMA, ConfigError, HolderConfig, MicroscopeConfig, ProtocolConfig, load_holder,
-                     load_microscope, schema_problem)
-from .microscope import Envelope, Microscope
-from .protocols import PROTOCOL_NAMES, build
+from .certification import Certificate, Check, Verdict, certify, metric_checks, verdict
+from .config import (MICROSCOPE_SCHEMA, ConfigError, HolderConfig, MicroscopeConfig, ProtocolConfig,
+                     is_shipped_holder, load_holder, load_microscope, schema_problem)
 from .figures import all_figures
+from .microscope import Envelope, Microscope, MoveRefused
+from .protocols import PROTOCOL_NAMES, Protocol, build
 from .report import results_json, write_json
-from .session import RecordingError, RecordingWriter, Session, read_recording, run_protocols
+from .session import RecordingError, RecordingWriter, Session, plan_visits, read_recording, run_protocols
 
 
 def open_microscope(config: MicroscopeConfig) -> Microscope:
@@ -82,10 +82,12 @@ def served_config(config: MicroscopeConfig) -> MicroscopeConfig:
 
 
 def recording_holder(session: Session, holder: str | None = None) -> HolderConfig:
-    """The holder to judge (or serve) a recording with.
+    """The holder to judge (or serve) a recording with, and where it came from.
 
-    `holder` if given; else the holder the recording names, if it is a shipped holder
-    file; else ``default`` (a foreign recording names its holder in free text).
+    `holder` if given (``--holder``); else the holder the recording names, if that is
+    the plain name of a shipped holder file; else ``default``. A recording never
+    chooses a tolerance file: a holder it names by path, or by a name that does not
+    ship, is not loaded.
 
     Raises
     ------
@@ -93,13 +95,13 @@ def recording_holder(session: Session, holder: str | None = None) -> HolderConfi
         For a `holder` that cannot be loaded.
     """
     if holder is not None:
-        return load_holder(holder)
-    if session.holder:
-        try:
-            return load_holder(session.holder)
-        except ConfigError:
-            pass
-    return load_holder("default")
+        return dataclasses.replace(load_holder(holder), source=f"--holder {holder}")
+    named = session.holder
+    if named and is_shipped_holder(named):
+        return dataclasses.replace(load_holder(named), source=f"the recording names the shipped holder '{named}'")
+    why = (f"the recording names holder {named[:200]!r}, which is not the name of a shipped holder file (a "
+           f"recording never chooses a tolerance file)" if named else "the recording names no holder")
+    return dataclasses.replace(load_holder("default"), source=f"the shipped default: {why}; give --holder to choose")
 
 
 def recorded_protocol(session: Session) -> ProtocolConfig | None:
@@ -117,6 +119,11 @@ def recorded_protocol(session: Session) -> ProtocolConfig | None:
     if problem:
         raise RecordingError(f"{session.directory / 'session.json'}: stage_acceptance.protocol: {problem}")
     return ProtocolConfig(**stored)
+
+
+def _position_text(position) -> str:
+    x, y, z, alpha, beta = position.as_tuple()
+    return f"x {x:g} nm, y {y:g} nm, z {z:g} nm, alpha {alpha:g} deg, beta {beta:g} deg"
 
 
 def utc_stamp(moment: datetime | None = None) -> str:
@@ -182,9 +189,14 @@ class AcceptanceRun:
         self.checks: dict[str, Check] | None = None
         self._figures: dict[str, bytes] | None = None
         self._partial: Session | None = None
+        self._microscope: Envelope | None = None
+        self._origin = None
+        self._protocols: list[Protocol] | None = None
+        self.verdict: Verdict | None = None
         self.incomplete: str | None = None
         """Why a live run ended before its last frame (None for a complete run)."""
         self.started = datetime.now(timezone.utc)
+        self.reports_dir = Path(reports_dir)
         if replay and record:
             raise ConfigError(f"--record {record}: a replay analyses {replay} and records nothing; drop --record")
         if replay:
@@ -209,13 +221,17 @@ class AcceptanceRun:
 
     @staticmethod
     def _load_holder(holder: str | None, config: MicroscopeConfig) -> HolderConfig:
-        if holder is not None or config.kind != "remote" or "holder" in config.given:
-            return load_holder(holder or config.holder)
-        try:
-            return load_holder(config.holder)
-        except ConfigError as exc:
-            raise ConfigError(f"the server at {config.remote.endpoint} names holder '{config.holder}', which this "
-                              f"machine cannot load ({exc}); give --holder NAME|PATH") from None
+        if holder is not None:
+            return dataclasses.replace(load_holder(holder), source=f"--holder {holder}")
+        if config.kind != "remote" or "holder" in config.given:
+            return dataclasses.replace(load_holder(config.holder),
+                                       source=f"named by the microscope config {config.path}")
+        endpoint = config.remote.endpoint
+        if not is_shipped_holder(config.holder):
+            raise ConfigError(f"the server at {endpoint} names holder {config.holder[:200]!r}, which is not the name "
+                              f"of a holder shipped here (a server never chooses a tolerance file); give "
+                              f"--holder NAME|PATH")
+        return dataclasses.replace(load_holder(config.holder), source=f"named by the server at {endpoint}")
 
     @property
     def source(self) -> str:
@@ -233,6 +249,45 @@ class AcceptanceRun:
     def session_path(self) -> Path | None:
         return Path(self.replay) if self.replay else self.outputs.recording
 
+    def prepare(self, protocol_names=PROTOCOL_NAMES) -> None:
+        """Open the microscope and check the whole plan against the holder's limits.
+
+        Live runs only (a replay moves nothing), and once: call it before any test
+        runs, so that a plan the holder refuses is a usage error before anything
+        moves and before a recording folder is made.
+
+        Raises
+        ------
+        MoveRefused
+            Naming the protocol and the target outside the limits; nothing was sent.
+        ConfigError, RemoteError, PyJEMError
+            When the microscope cannot be opened.
+        """
+        if self.replay or self._microscope is not None or self._session is not None:
+            return
+        config = self.microscope_config
+        protocols = build(config.protocol, protocol_names)
+        microscope = Envelope(open_microscope(config), self.holder.limits)
+        try:
+            origin = microscope.position()
+            for protocol, _, target in plan_visits(protocols, origin):
+                try:
+                    microscope.check(target)
+                except MoveRefused as exc:
+                    raise MoveRefused(f"{config.path}: protocol {protocol.name} (from the stage's position now, "
+                                      f"{_position_text(origin)}) is refused by holder '{self.holder.key}': "
+                                      f"{exc}") from None
+        except BaseException:
+            microscope.close()
+            raise
+        self._microscope, self._origin, self._protocols = microscope, origin, protocols
+
+    def close(self) -> None:
+        """Release a microscope that was prepared but never run (leaving the stage)."""
+        if self._microscope is not None:
+            self._microscope.close()
+            self._microscope = None
+
     def session(self, protocol_names=PROTOCOL_NAMES,
                 progress: Callable[[str, int, int], None] | None = None) -> Session:
         """The session: acquired on the first call (live) or the recording (replay).
@@ -240,50 +295,66 @@ class AcceptanceRun:
         Parameters
         ----------
         protocol_names : iterable of str
-            Protocols to run (live only): those the selected tests need.
+            Protocols to run (live only): those the selected tests need; ignored when
+            :meth:`prepare` already chose them.
         progress : callable, optional
             ``progress(protocol, done, total)`` while the stage moves.
         """
         if self._session is None:
+            self.prepare(protocol_names)
             config = self.microscope_config
-            microscope = Envelope(open_microscope(config), self.holder.limits)
+            microscope, origin, protocols = self._microscope, self._origin, self._protocols
             meta = {
                 "microscope": microscope.name,
                 "holder": self.holder.key,
                 "pixel_size_nm": microscope.pixel_size_nm,
-                "notes": f"stage-acceptance {__version__}; protocols: {', '.join(protocol_names)}",
+                "notes": f"stage-acceptance {__version__}; protocols: {', '.join(p.name for p in protocols)}",
             }
             if config.stage_to_image is not None:
                 meta["stage_to_image"] = {"rotation_deg": config.stage_to_image.rotation_deg,
                                           "flip_y": config.stage_to_image.flip_y}
-            protocols = build(config.protocol, protocol_names)
-            origin = microscope.position()
             # Our extension of session.json (readers keep and ignore unknown keys): what a
             # served replay needs to answer the same moves again.
             meta["stage_acceptance"] = {"version": __version__, "origin": origin.as_dict(),
                                         "protocols": [protocol.name for protocol in protocols],
                                         "protocol": dataclasses.asdict(config.protocol)}
-            writer = RecordingWriter(self.outputs.recording, meta)
             try:
-                self._session = run_protocols(microscope, protocols, writer, settle_s=config.protocol.settle_s,
-                                              origin=origin, progress=progress)
-            except BaseException as exc:
-                reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc).splitlines()[0]
-                if isinstance(exc, KeyboardInterrupt):
-                    # Ctrl-C: abort the move under way and leave the stage where it is.
-                    try:
-                        microscope.stop()
-                        reason += ", stage stopped where it was"
-                    except Exception as stop_error:  # the interruption is what the user must see
-                        reason += f", and stopping the stage failed: {stop_error}"
-                partial = writer.close()
-                self.incomplete = (f"the run stopped after {len(partial.frames)} frame(s): {reason}; "
-                                   f"the recording is intact up to its last frame")
-                self._partial = partial
-                raise
+                writer = RecordingWriter(self.outputs.recording, meta)
+                try:
+                    self._session = run_protocols(microscope, protocols, writer, settle_s=config.protocol.settle_s,
+                                                  origin=origin, progress=progress)
+                except BaseException as exc:
+                    self._stopped(exc, microscope, writer)
+                    raise
             finally:
                 microscope.close()
+                self._microscope = None
         return self._session
+
+    def _stopped(self, exc: BaseException, microscope: Envelope, writer: RecordingWriter) -> None:
+        """Record why a live run stopped early; keep its recording unless it holds no frame."""
+        reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc).splitlines()[0]
+        if isinstance(exc, KeyboardInterrupt):
+            # Ctrl-C: abort the move under way and leave the stage where it is.
+            try:
+                microscope.stop()
+                reason += ", stage stopped where it was"
+            except Exception as stop_error:  # the interruption is what the user must see
+                reason += f", and stopping the stage failed: {stop_error}"
+        partial = writer.close()
+        if not partial.frames:
+            writer.discard()
+            self.outputs.recording = None
+            self.incomplete = f"the run stopped before its first frame: {reason}; no recording was kept"
+            return
+        self.incomplete = (f"the run stopped after {len(partial.frames)} frame(s): {reason}; "
+                           f"the recording is intact up to its last frame")
+        self._partial = partial
+
+    def _judge(self, selected: bool) -> None:
+        self.certificate = certify(self.analysis, self.holder, selected=selected)
+        self.checks = metric_checks(self.analysis, self.holder)
+        self.verdict = verdict(self.certificate, self.checks, self.holder, incomplete=self.incomplete)
 
     def evaluate_partial(self) -> Analysis | None:
         """Analyse what an interrupted run recorded, for the partial report.
@@ -294,23 +365,34 @@ class AcceptanceRun:
             None when the partial session is too short to analyse.
         """
         if self.analysis is None and self._partial is not None and len(self._partial.frames) >= 2:
-            try:
-                self.analysis = analyse(self._partial)
-            except ValueError:
-                return None
-            partial = certify(self.analysis, self.holder)
-            self.certificate = dataclasses.replace(
-                partial, accepted=False, reasons=partial.reasons + ("the run is incomplete: nothing is accepted",))
-            self.checks = metric_checks(self.analysis, self.holder)
+            self.analysis = analyse(self._partial)
+            self._judge(selected=True)
         return self.analysis
 
-    def evaluate(self, progress: Callable[[str], None] | None = None) -> Analysis:
-        """Analyse and certify the session (once)."""
+    def evaluate(self, progress: Callable[[str], None] | None = None, *, selected: bool = True) -> Analysis:
+        """Analyse and certify the session (once).
+
+        Parameters
+        ----------
+        progress : callable, optional
+            Called with a short message at each stage of the analysis.
+        selected : bool
+            Whether the certification test is part of the run (without it no case is
+            certified).
+        """
         if self.analysis is None:
             self.analysis = analyse(self.session(), progress=progress)
-            self.certificate = certify(self.analysis, self.holder)
-            self.checks = metric_checks(self.analysis, self.holder)
+            self._judge(selected)
         return self.analysis
+
+    @property
+    def measured_utc(self) -> str | None:
+        """When the instrument was measured: now for a live run, the recording's
+        ``started`` for a replay (None if it does not say)."""
+        session = self._session or self._partial
+        if session is not None and session.meta.get("started"):
+            return str(session.meta["started"])
+        return None if self.replay else self.started.isoformat(timespec="seconds")
 
     def figures(self) -> dict[str, bytes]:
         """The report's PNG figures, drawn once (requires :meth:`evaluate`)."""
@@ -332,12 +414,15 @@ class AcceptanceRun:
         if self.analysis is None:
             raise RuntimeError("evaluate() first")
         return results_json(
-            self.analysis, self.certificate, self.checks,
+            self.analysis, self.certificate, self.checks, self.verdict,
             microscope=self.microscope_name, holder=self.holder.key, source=self.source,
             session_path=str(self.session_path), tests=tests,
             extra={"endpoint": self.microscope_config.remote.endpoint
                    if self.microscope_config is not None and self.microscope_config.kind == "remote" else None,
-                   "incomplete": self.incomplete, "holder_name": self.holder.name, "date_utc": self.started.isoformat(timespec="seconds"),
+                   "incomplete": self.incomplete, "holder_name": self.holder.name,
+                   "holder_source": self.holder.source,
+                   "date_utc": self.started.isoformat(timespec="seconds"),
+                   "date_measured_utc": self.measured_utc,
                    "instrument_time_s": self.instrument_time_s(), "stage_acceptance_version": __version__},
         )
 

@@ -7,8 +7,13 @@ classify the steps (:func:`classify_steps`), then compute the metrics with plain
 functions on numpy arrays. :func:`analyse` runs the whole chain. No pass/fail
 decision is made here (that is :mod:`stage_acceptance.certification`).
 
+Every metric is a :class:`Measurement`: its value, a 95 % interval from the data
+(:mod:`stage_acceptance.intervals`) and the evidence it rests on. Below the minimum
+evidence of :data:`MIN_EVIDENCE` a metric is not measured: its value is ``None`` and
+its ``reason`` says what is missing.
+
 Conventions: displacement arrays are ``(n_steps, 2)`` = ``(x, y)`` in nm in stage
-coordinates; a metric that cannot be computed from the session is ``None``.
+coordinates.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import intervals
 from .geometry import StageToImage, image_px_to_stage_nm, stage_nm_to_image_px
 from .registration import Registration, register
 from .session import Session
@@ -49,8 +55,8 @@ class Steps:
     frame : ndarray of int, (n,)
         Index of the frame the step arrives at (the step is ``frame-1 -> frame``).
     target_nm, reported_nm, actual_nm : ndarray, (n, 2)
-        Displacements ``(x, y)`` in nm; ``actual_nm`` is NaN where the pair could not
-        be registered.
+        Displacements ``(x, y)`` in nm; ``target_nm`` is NaN where the recording has
+        no target, ``actual_nm`` where the pair could not be registered.
     shift_px : ndarray, (n, 2)
         Measured image displacement ``(column, row)``; NaN where not registered.
     confidence : ndarray, (n,)
@@ -58,8 +64,11 @@ class Steps:
     registered : ndarray of bool, (n,)
     reason : list of str
         Why a pair was not registered ("" when it was).
+    translation : ndarray of bool, (n,)
+        A lateral move was commanded (or, without a recorded target, reported) and
+        no tilt changed: the steps that compare target, reported and actual.
     axis : ndarray of int, (n,)
-        0 for a step along x, 1 along y, -1 for neither.
+        0 for a translation step along x, 1 along y, -1 for neither.
     direction : ndarray of int, (n,)
         Sign of the target displacement along `axis` (0 for none).
     kind : ndarray of str, (n,)
@@ -83,6 +92,7 @@ class Steps:
     confidence: np.ndarray
     registered: np.ndarray
     reason: list
+    translation: np.ndarray
     axis: np.ndarray
     direction: np.ndarray
     kind: np.ndarray
@@ -278,41 +288,60 @@ def images_overlap(delta_nm: np.ndarray, pixel_size_nm: float, frame_shape, tran
     return abs(d[0]) < cols and abs(d[1]) < rows
 
 
+def commanded_nm(session: Session) -> np.ndarray:
+    """``(n_frames, 5)`` positions the moves were commanded to: the target, or where the
+    recording has none (``target: null``), the reported position."""
+    targets = session.targets_nm()
+    reported = session.reported_nm()
+    missing = ~np.all(np.isfinite(targets), axis=1)
+    targets[missing] = reported[missing]
+    return targets
+
+
 def build_steps(session: Session, registrations: list[PairRegistration], transform: StageToImage) -> Steps:
     """Assemble the steps of a session from its consecutive-pair registrations.
 
     A consecutive pair is a step when its images overlap by the reported move, or
-    when the registration found an overlap.
+    when the registration found an overlap. It is a *translation* step when a lateral
+    move was commanded (without a recorded target: reported) and no tilt changed;
+    only translation steps are along an axis.
     """
     targets = session.targets_nm()
     reported = session.reported_nm()
+    commanded = commanded_nm(session)
     frame_shape = session.image(0).shape
     kept = [r for r in registrations
             if r.result.ok or images_overlap(reported[r.moving, :2] - reported[r.moving - 1, :2],
                                              session.pixel_size_nm, frame_shape, transform)]
-    if not kept:
-        raise ValueError(f"{session.directory}: no two consecutive frames overlap; nothing to analyse")
     frame = np.array([r.moving for r in kept], dtype=int)
-    d_t = targets[frame] - targets[frame - 1]
-    d_r = reported[frame] - reported[frame - 1]
+    n = len(frame)
+    d_t = (targets[frame] - targets[frame - 1]).reshape(n, 5)
+    d_r = (reported[frame] - reported[frame - 1]).reshape(n, 5)
+    d_c = (commanded[frame] - commanded[frame - 1]).reshape(n, 5)
     registered = np.array([r.result.ok for r in kept], dtype=bool)
-    shift = np.array([r.result.shift_px if r.result.ok else (np.nan, np.nan) for r in kept], dtype=float)
-    axis, direction = (np.array(v, dtype=int) for v in zip(*(step_axis(t[:3], t[3:]) for t in d_t)))
-    tilt = d_t[:, 3:]
-    lateral_still = np.all(d_t[:, :2] == 0, axis=1)
-    tilt_axis = np.full(len(kept), -1, dtype=int)
+    shift = np.array([r.result.shift_px if r.result.ok else (np.nan, np.nan) for r in kept], dtype=float).reshape(n, 2)
+    tilt = d_c[:, 3:]
+    untilted = np.all(tilt == 0, axis=1)
+    translation = untilted & np.any(d_c[:, :2] != 0, axis=1)
+    axis = np.full(n, -1, dtype=int)
+    direction = np.zeros(n, dtype=int)
+    for i in np.flatnonzero(translation):
+        axis[i], direction[i] = step_axis(d_c[i, :3])
+    lateral_still = np.all(d_c[:, :2] == 0, axis=1)
+    tilt_axis = np.full(n, -1, dtype=int)
     tilt_axis[lateral_still & (tilt[:, 0] != 0) & (tilt[:, 1] == 0)] = 0
     tilt_axis[lateral_still & (tilt[:, 1] != 0) & (tilt[:, 0] == 0)] = 1
-    tilt_direction = np.where(tilt_axis >= 0, np.sign(tilt[np.arange(len(kept)), np.clip(tilt_axis, 0, 1)]), 0)
+    tilt_direction = np.where(tilt_axis >= 0, np.sign(tilt[np.arange(n), np.clip(tilt_axis, 0, 1)]), 0)
     return Steps(
         frame=frame,
         target_nm=d_t[:, :2],
         reported_nm=d_r[:, :2],
-        actual_nm=image_px_to_stage_nm(shift, session.pixel_size_nm, transform),
+        actual_nm=image_px_to_stage_nm(shift, session.pixel_size_nm, transform).reshape(n, 2),
         shift_px=shift,
         confidence=np.array([r.result.confidence for r in kept], dtype=float),
         registered=registered,
         reason=[r.result.reason for r in kept],
+        translation=translation,
         axis=axis,
         direction=direction,
         kind=classify_steps(axis, direction),
@@ -323,6 +352,84 @@ def build_steps(session: Session, registrations: list[PairRegistration], transfo
     )
 
 
+# --------------------------------------------------------------------------- evidence
+
+
+MIN_EVIDENCE = {
+    "reversal_steps": 2,
+    "plain_steps": 4,
+    "axis_steps": 4,
+    "pair_steps": 4,
+    "revisited_targets": 3,
+    "visits_per_target": 3,
+    "drift_frames": 3,
+    "drift_span_s": 60.0,
+    "tilt_reversal_steps": 2,
+    "tilt_plain_steps": 4,
+}
+"""The least evidence each metric is measured from (README, "Evidence and intervals").
+
+- backlash (any pair): ``reversal_steps`` reversal and ``plain_steps`` plain steps
+  along the axis, each with both displacements;
+- scale error and step scatter: ``plain_steps`` plain steps;
+- pair agreement (RMS per step): ``pair_steps`` translation steps;
+- coupling ``x_to_y`` (``y_to_x``): ``axis_steps`` registered steps along x (y); skew:
+  both;
+- repeatability: ``revisited_targets`` targets, each visited ``visits_per_target``
+  times from the same direction (two revisits), registered;
+- drift: ``drift_frames`` registered frames without a move in between, spanning
+  ``drift_span_s`` seconds;
+- tilt: ``tilt_plain_steps`` plain tilt steps for the image shift per degree, and
+  ``tilt_reversal_steps`` reversals as well for the tilt backlash.
+"""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A metric: its value, 95 % interval, and the evidence it rests on.
+
+    Attributes
+    ----------
+    value : float or None
+        None when the session does not give enough evidence (see `reason`).
+    ci95 : (float, float) or None
+        95 % interval of the value.
+    evidence : dict
+        Counts the value rests on, e.g. ``{"reversal_steps": 3, "plain_steps": 17}``.
+    method : str
+        How the interval was obtained (``"Welch t"``, ``"t"``, ``"chi-square"``,
+        ``"bootstrap"``, ...).
+    reason : str
+        Why it is not measured ("" when it is).
+    """
+
+    value: float | None
+    ci95: tuple[float, float] | None = None
+    evidence: dict = field(default_factory=dict)
+    method: str = ""
+    reason: str = ""
+
+    @property
+    def measured(self) -> bool:
+        return self.value is not None
+
+
+def not_measured(reason: str, evidence: dict | None = None) -> Measurement:
+    """A metric the session cannot give, and why."""
+    return Measurement(None, None, dict(evidence or {}), "", reason)
+
+
+def _shortfall(evidence: dict, need: dict, noun: str) -> str | None:
+    """What is missing, e.g. ``"needs >= 2 reversal and >= 4 plain registered steps along
+    x; the session has 0 reversal and 3 plain"``, or None when `evidence` suffices."""
+    if all(evidence.get(key, 0) >= least for key, least in need.items()):
+        return None
+    kinds = {"reversal_steps": "reversal ", "plain_steps": "plain "}
+    wanted = " and ".join(f">= {least} {kinds.get(key, '')}".rstrip() for key, least in need.items())
+    have = " and ".join(f"{evidence.get(key, 0)} {kinds.get(key, '')}".rstrip() for key in need)
+    return f"needs {wanted} {noun}; the session has {have}"
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -330,20 +437,22 @@ def build_steps(session: Session, registrations: list[PairRegistration], transfo
 class LostMotion:
     """Lost-motion metrics of one axis for one (reference, measured) pair."""
 
-    backlash_nm: float | None
-    scale_error: float | None
-    step_scatter_nm: float | None
+    backlash_nm: Measurement
+    scale_error: Measurement
+    step_scatter_nm: Measurement
     reversal_steps: int
     plain_steps: int
 
 
-def lost_motion(reference_nm, measured_nm, kind) -> LostMotion:
-    """Backlash, scale error and step scatter along one axis.
+def lost_motion(reference_nm, measured_nm, kind, noun: str = "steps") -> LostMotion:
+    """Backlash, scale error and step scatter along one axis, with 95 % intervals.
 
     With ``L = |ref| - sign(ref) * meas`` the lost motion of a step:
-    ``backlash = mean L(reversal) - mean L(plain)``,
-    ``scale_error = sum(meas * ref) / sum(ref**2) - 1`` over plain steps and
-    ``step_scatter = std(meas - (1 + scale_error) * ref)`` over plain steps.
+    ``backlash = mean L(reversal) - mean L(plain)`` (interval: Welch t),
+    ``scale_error = sum(meas * ref) / sum(ref**2) - 1`` over plain steps (t interval
+    of a slope through the origin) and
+    ``step_scatter = std(meas - (1 + scale_error) * ref)`` over plain steps, n - 1
+    degrees of freedom (chi-square interval).
 
     Parameters
     ----------
@@ -353,12 +462,13 @@ def lost_motion(reference_nm, measured_nm, kind) -> LostMotion:
         left out.
     kind : array_like of str, (n,)
         ``"reversal"``, ``"plain"`` or anything else (left out).
+    noun : str
+        What a counted step is, for the reasons (e.g. ``"registered steps along x"``).
 
     Returns
     -------
     LostMotion
-        ``None`` for a metric the steps cannot give (no plain step, no reversal,
-        fewer than two plain steps for the scatter).
+        A metric below :data:`MIN_EVIDENCE` is not measured.
     """
     ref = np.asarray(reference_nm, dtype=float)
     meas = np.asarray(measured_nm, dtype=float)
@@ -368,44 +478,75 @@ def lost_motion(reference_nm, measured_nm, kind) -> LostMotion:
     valid = np.isfinite(ref) & np.isfinite(meas)
     plain = valid & (kind == "plain")
     reversal = valid & (kind == "reversal")
+    evidence = {"reversal_steps": int(reversal.sum()), "plain_steps": int(plain.sum())}
     lost = np.abs(ref) - np.sign(ref) * meas
-    backlash = None
-    if plain.any() and reversal.any():
-        backlash = float(lost[reversal].mean() - lost[plain].mean())
-    scale = scatter = None
-    denominator = float(np.sum(ref[plain] ** 2))
-    if plain.any() and denominator > 0:
-        scale = float(np.sum(meas[plain] * ref[plain]) / denominator - 1.0)
-        if plain.sum() >= 2:
-            scatter = float(np.std(meas[plain] - (1.0 + scale) * ref[plain], ddof=1))
-    return LostMotion(backlash, scale, scatter, int(reversal.sum()), int(plain.sum()))
+
+    need = {key: MIN_EVIDENCE[key] for key in ("reversal_steps", "plain_steps")}
+    short = _shortfall(evidence, need, noun)
+    if short:
+        backlash = not_measured(short, evidence)
+    else:
+        backlash = Measurement(float(lost[reversal].mean() - lost[plain].mean()),
+                               intervals.mean_difference_interval(lost[reversal], lost[plain]), evidence, "Welch t")
+
+    plain_evidence = {"plain_steps": evidence["plain_steps"]}
+    short = _shortfall(plain_evidence, {"plain_steps": MIN_EVIDENCE["plain_steps"]}, noun)
+    if short or float(np.sum(ref[plain] ** 2)) == 0:
+        reason = short or "every plain step is 0"
+        return LostMotion(backlash, not_measured(reason, plain_evidence), not_measured(reason, plain_evidence),
+                          evidence["reversal_steps"], evidence["plain_steps"])
+    slope, se, dof = intervals.slope_through_origin(ref[plain], meas[plain])
+    low, high = intervals.t_interval(slope - 1.0, se, dof)
+    scale = Measurement(slope - 1.0, (low, high), plain_evidence, "t")
+    scatter_value = float(np.std(meas[plain] - slope * ref[plain], ddof=1))
+    scatter = Measurement(scatter_value, intervals.std_interval(scatter_value, dof), plain_evidence, "chi-square")
+    return LostMotion(backlash, scale, scatter, evidence["reversal_steps"], evidence["plain_steps"])
 
 
-def pair_rms_nm(reference_nm: np.ndarray, measured_nm: np.ndarray) -> float | None:
-    """RMS over steps of the per-step difference of two displacement vectors (nm)."""
+def pair_rms_nm(reference_nm: np.ndarray, measured_nm: np.ndarray, noun: str = "steps") -> Measurement:
+    """RMS over steps of the per-step difference of two displacement vectors (nm).
+
+    The interval is a percentile bootstrap over the steps.
+    """
     diff = np.asarray(measured_nm, dtype=float) - np.asarray(reference_nm, dtype=float)
-    valid = np.all(np.isfinite(diff), axis=1)
-    if not valid.any():
-        return None
-    return float(np.sqrt(np.mean(np.sum(diff[valid] ** 2, axis=1))))
+    squared = np.sum(diff ** 2, axis=1)
+    squared = squared[np.isfinite(squared)]
+    evidence = {"pair_steps": int(len(squared))}
+    short = _shortfall(evidence, {"pair_steps": MIN_EVIDENCE["pair_steps"]}, noun)
+    if short:
+        return not_measured(short, evidence)
+    ci = intervals.bootstrap_interval(lambda idx: float(np.sqrt(np.mean(squared[idx[0]]))),
+                                      [np.arange(len(squared))])
+    return Measurement(float(np.sqrt(np.mean(squared))), ci, evidence, "bootstrap")
 
 
 @dataclass(frozen=True)
 class Coupling:
     """Axis coupling from steps along x and along y."""
 
-    x_to_y: float | None
-    y_to_x: float | None
-    skew_deg: float | None
+    x_to_y: Measurement
+    y_to_x: Measurement
+    skew_deg: Measurement
+
+
+def _axis_direction(t: np.ndarray, a: np.ndarray, k: int) -> np.ndarray:
+    """Measured direction of axis k: regression of the whole actual vector on ``t[:, k]``."""
+    return (a.T @ t[:, k]) / float(t[:, k] @ t[:, k])
+
+
+def _skew(dir_x: np.ndarray, dir_y: np.ndarray) -> float:
+    cos_angle = float(np.dot(dir_x, dir_y) / (np.linalg.norm(dir_x) * np.linalg.norm(dir_y)))
+    return float(np.rad2deg(np.arccos(np.clip(cos_angle, -1.0, 1.0))) - 90.0)
 
 
 def coupling(target_nm: np.ndarray, actual_nm: np.ndarray, axis: np.ndarray) -> Coupling:
     """Coupling slopes and skew between the measured x and y directions.
 
     ``x_to_y`` is the least-squares slope (through the origin) of ``dA_y`` against
-    ``dT_x`` over steps along x; ``y_to_x`` likewise. The measured direction of
-    an axis is the regression of the whole ``dA`` vector on the commanded component;
-    ``skew_deg`` is the angle between the x and y directions minus 90 degrees.
+    ``dT_x`` over steps along x (t interval); ``y_to_x`` likewise. The measured
+    direction of an axis is the regression of the whole ``dA`` vector on the
+    commanded component; ``skew_deg`` is the angle between the x and y directions
+    minus 90 degrees (bootstrap interval over the steps of each axis).
 
     Parameters
     ----------
@@ -418,22 +559,33 @@ def coupling(target_nm: np.ndarray, actual_nm: np.ndarray, axis: np.ndarray) -> 
     -------
     Coupling
     """
-    t = np.asarray(target_nm, dtype=float)
-    a = np.asarray(actual_nm, dtype=float)
+    t = np.asarray(target_nm, dtype=float).reshape(-1, 2)
+    a = np.asarray(actual_nm, dtype=float).reshape(-1, 2)
     valid = np.all(np.isfinite(a), axis=1) & np.all(np.isfinite(t), axis=1)
-    directions = []
-    for k in (0, 1):
-        sel = valid & (np.asarray(axis) == k)
-        denominator = float(np.sum(t[sel, k] ** 2))
-        directions.append(None if denominator == 0 else (a[sel].T @ t[sel, k]) / denominator)
-    dir_x, dir_y = directions
-    x_to_y = None if dir_x is None else float(dir_x[1])
-    y_to_x = None if dir_y is None else float(dir_y[0])
-    skew = None
-    if dir_x is not None and dir_y is not None:
-        cos_angle = float(np.dot(dir_x, dir_y) / (np.linalg.norm(dir_x) * np.linalg.norm(dir_y)))
-        skew = float(np.rad2deg(np.arccos(np.clip(cos_angle, -1.0, 1.0))) - 90.0)
-    return Coupling(x_to_y, y_to_x, skew)
+    selected = [np.flatnonzero(valid & (np.asarray(axis) == k)) for k in (0, 1)]
+    slopes = []
+    for k, name in ((0, "x"), (1, "y")):
+        sel = selected[k]
+        key = f"steps_along_{name}"
+        evidence = {key: int(len(sel))}
+        short = _shortfall(evidence, {key: MIN_EVIDENCE["axis_steps"]}, f"registered steps along {name}")
+        if short or float(t[sel, k] @ t[sel, k]) == 0:
+            slopes.append(not_measured(short or f"every step along {name} is 0", evidence))
+            continue
+        slope, se, dof = intervals.slope_through_origin(t[sel, k], a[sel, 1 - k])
+        slopes.append(Measurement(slope, intervals.t_interval(slope, se, dof), evidence, "t"))
+    evidence = {"steps_along_x": int(len(selected[0])), "steps_along_y": int(len(selected[1]))}
+    if not (slopes[0].measured and slopes[1].measured):
+        missing = [f"coupling {m}: {s.reason}" for m, s in zip(("x_to_y", "y_to_x"), slopes) if not s.measured]
+        skew = not_measured("needs both axes; " + "; ".join(missing), evidence)
+    else:
+        def statistic(idx):
+            return _skew(_axis_direction(t[idx[0]], a[idx[0]], 0), _axis_direction(t[idx[1]], a[idx[1]], 1))
+
+        value = _skew(_axis_direction(t[selected[0]], a[selected[0]], 0),
+                      _axis_direction(t[selected[1]], a[selected[1]], 1))
+        skew = Measurement(value, intervals.bootstrap_interval(statistic, selected), evidence, "bootstrap")
+    return Coupling(slopes[0], slopes[1], skew)
 
 
 def revisit_groups(session: Session, steps: Steps, axis: int) -> list[list[int]]:
@@ -442,49 +594,62 @@ def revisit_groups(session: Session, steps: Steps, axis: int) -> list[list[int]]
     Returns
     -------
     list of list of int
-        Each list holds frame indices (in order) with equal targets, all reached by a
-        step along `axis` in the same direction; only groups of two or more.
+        Each list holds frame indices (in order) with equal recorded targets, all
+        reached by a step along `axis` in the same direction; only groups of two or
+        more.
     """
     targets = session.targets_nm()
     groups: dict[tuple, list[int]] = {}
     for frame, a, d in zip(steps.frame, steps.axis, steps.direction):
-        if a != axis:
+        if a != axis or not np.all(np.isfinite(targets[frame])):
             continue
         key = (tuple(np.round(targets[frame], 3)), int(d))
         groups.setdefault(key, []).append(int(frame))
     return [frames for frames in groups.values() if len(frames) >= 2]
 
 
-def repeatability_nm(deviations_nm: list[np.ndarray]) -> float | None:
-    """ISO 230-2 unidirectional repeatability ``max_j 4 s_j``.
+def repeatability_nm(deviations_nm: list[np.ndarray]) -> Measurement:
+    """ISO 230-2 unidirectional repeatability ``max_j 4 s_j``, with its interval.
+
+    Only targets visited at least ``visits_per_target`` times (registered) count;
+    at least ``revisited_targets`` of them are needed. The interval is
+    ``4 [max_j low_j, max_j high_j]`` with ``[low_j, high_j]`` the chi-square
+    interval of each target's ``s_j``.
 
     Parameters
     ----------
     deviations_nm : list of ndarray
         For each target position and approach direction, the positional deviations
-        (nm, any common offset) of its visits.
+        (nm, any common offset) of its visits; NaN for a visit not registered.
 
     Returns
     -------
-    float or None
-        ``None`` when no target has two or more visits.
+    Measurement
 
     References
     ----------
     ISO 230-2:2014, Test code for machine tools, Part 2: Determination of accuracy
     and repeatability of positioning of numerically controlled axes, clause 2.
     """
-    spreads = [4.0 * float(np.std(dev, ddof=1)) for dev in deviations_nm if np.sum(np.isfinite(dev)) >= 2]
-    return max(spreads) if spreads else None
+    counted = [np.asarray(dev, dtype=float)[np.isfinite(dev)] for dev in deviations_nm]
+    counted = [dev for dev in counted if len(dev) >= MIN_EVIDENCE["visits_per_target"]]
+    evidence = {"targets": len(counted), "visits": int(sum(len(dev) for dev in counted))}
+    if len(counted) < MIN_EVIDENCE["revisited_targets"]:
+        return not_measured(f"needs >= {MIN_EVIDENCE['revisited_targets']} targets each visited >= "
+                            f"{MIN_EVIDENCE['visits_per_target']} times from the same direction (registered); "
+                            f"the session has {len(counted)}", evidence)
+    stds = [float(np.std(dev, ddof=1)) for dev in counted]
+    low, high = intervals.max_std_interval(stds, [len(dev) - 1 for dev in counted])
+    return Measurement(4.0 * max(stds), (4.0 * low, 4.0 * high), evidence, "chi-square, per target")
 
 
 def dwell_runs(session: Session) -> list[list[int]]:
-    """Runs of two or more consecutive frames taken without a move in between."""
+    """Runs of two or more consecutive frames with the same recorded target (no move between)."""
     targets = session.targets_nm()
     runs: list[list[int]] = []
     current = [0]
     for i in range(1, len(targets)):
-        if np.array_equal(targets[i], targets[i - 1]):
+        if np.all(np.isfinite(targets[i])) and np.array_equal(targets[i], targets[i - 1]):
             current.append(i)
         else:
             if len(current) >= 2:
@@ -495,10 +660,21 @@ def dwell_runs(session: Session) -> list[list[int]]:
     return runs
 
 
-def drift_velocity_nm_per_min(times_s: list[np.ndarray], positions_nm: list[np.ndarray]) -> np.ndarray | None:
-    """Common drift velocity (x, y) in nm/min of several dwell runs.
+@dataclass(frozen=True)
+class Drift:
+    """Drift while standing still."""
 
-    Each run has its own offset; the velocity is the pooled least-squares slope.
+    speed_nm_per_min: Measurement
+    velocity_nm_per_min: np.ndarray | None
+    """(x, y) in nm/min, or None."""
+
+
+def drift(times_s: list[np.ndarray], positions_nm: list[np.ndarray]) -> Drift:
+    """Common drift velocity (x, y) in nm/min of several dwell runs, and its speed.
+
+    Each run has its own offset; the velocity is the pooled least-squares slope. The
+    speed's interval is the vector's length -+ the radius of its 95 % confidence
+    circle (residual scatter pooled over x and y).
 
     Parameters
     ----------
@@ -510,13 +686,16 @@ def drift_velocity_nm_per_min(times_s: list[np.ndarray], positions_nm: list[np.n
 
     Returns
     -------
-    ndarray, (2,) or None
+    Drift
     """
     num = np.zeros(2)
     den = 0.0
+    centred = []
+    frames = 0
+    span = 0.0
     for t, p in zip(times_s, positions_nm):
         t = np.asarray(t, dtype=float)
-        p = np.asarray(p, dtype=float)
+        p = np.asarray(p, dtype=float).reshape(-1, 2)
         ok = np.all(np.isfinite(p), axis=1)
         if ok.sum() < 2:
             continue
@@ -524,9 +703,24 @@ def drift_velocity_nm_per_min(times_s: list[np.ndarray], positions_nm: list[np.n
         pc = p[ok] - p[ok].mean(axis=0)
         num += tc @ pc
         den += float(tc @ tc)
-    if den == 0:
-        return None
-    return num / den * 60.0
+        centred.append((tc, pc))
+        frames += int(ok.sum())
+        span += float(t[ok].max() - t[ok].min())
+    evidence = {"frames": frames, "span_s": round(span, 3), "runs": len(centred)}
+    need_frames, need_span = MIN_EVIDENCE["drift_frames"], MIN_EVIDENCE["drift_span_s"]
+    if frames < need_frames or span < need_span or den == 0:
+        return Drift(not_measured(f"needs >= {need_frames} registered frames without a move, spanning >= "
+                                  f"{need_span:g} s; the session has {frames} spanning {span:.0f} s", evidence), None)
+    velocity = num / den  # nm/s
+    residual = sum(float(np.sum((pc - np.outer(tc, velocity)) ** 2)) for tc, pc in centred)
+    dof = 2 * (frames - len(centred) - 1)
+    speed = float(np.hypot(*velocity)) * 60.0
+    if dof <= 0:
+        return Drift(not_measured(f"{frames} frames in {len(centred)} runs leave no degree of freedom for "
+                                  f"the interval", evidence), velocity * 60.0)
+    se = np.sqrt(residual / dof / den) * 60.0
+    ci = intervals.magnitude_interval(velocity * 60.0, se, dof)
+    return Drift(Measurement(speed, ci, evidence, "t, confidence circle"), velocity * 60.0)
 
 
 def actual_positions_nm(start_nm: np.ndarray, n_frames: int, steps: Steps) -> np.ndarray:
@@ -548,18 +742,39 @@ def actual_positions_nm(start_nm: np.ndarray, n_frames: int, steps: Steps) -> np
 class TiltMetrics:
     """How the specimen moves sideways when one tilt axis turns."""
 
-    shift_nm_per_deg: float | None
-    """Image shift per degree of tilt: the specimen's distance from the tilt axis
-    (eucentric height error) times pi / 180."""
-    backlash_deg: float | None
-    """Reversal-dependent lost tilt, from the lost sideways motion."""
+    shift: Measurement
+    """Image shift per degree of tilt (nm/deg): the specimen's distance from the tilt
+    axis (eucentric height error) times pi / 180."""
+    backlash: Measurement
+    """Reversal-dependent lost tilt (deg), from the lost sideways motion."""
     direction: tuple[float, float] | None
     """Unit vector (x, y) of the sideways motion for increasing tilt."""
     steps: int
 
+    @property
+    def shift_nm_per_deg(self) -> float | None:
+        return self.shift.value
+
+    @property
+    def backlash_deg(self) -> float | None:
+        return self.backlash.value
+
 
 MIN_TILT_SHIFT_NM_PER_DEG = 0.5
 """Below this image shift per degree the tilt backlash cannot be told from noise."""
+
+
+def _tilt_slope(theta: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    return shift.T @ theta / float(theta @ theta)
+
+
+def _tilt_backlash(theta, shift, reversal, plain) -> float | None:
+    slope = _tilt_slope(theta[plain], shift[plain])
+    magnitude = float(np.hypot(*slope))
+    if magnitude == 0:
+        return None
+    lost = np.abs(theta) * magnitude - np.sign(theta) * (shift @ (slope / magnitude))
+    return float((lost[reversal].mean() - lost[plain].mean()) / magnitude)
 
 
 def tilt_response(tilt_deg, actual_nm, kind) -> TiltMetrics:
@@ -567,9 +782,10 @@ def tilt_response(tilt_deg, actual_nm, kind) -> TiltMetrics:
 
     Over plain tilt steps the sideways displacement is regressed on the tilt change
     (through the origin): ``s = sum(dA * dtheta) / sum(dtheta**2)`` (nm/deg, a
-    vector). Projected on ``s``, the lost motion of a step is
+    vector); its length's interval is the length -+ the radius of the 95 %
+    confidence circle. Projected on ``s``, the lost motion of a step is
     ``L = |dtheta| |s| - sign(dtheta) dA . s / |s|`` and the tilt backlash is
-    ``(mean L(reversal) - mean L(plain)) / |s|``.
+    ``(mean L(reversal) - mean L(plain)) / |s|`` (bootstrap interval over the steps).
 
     Parameters
     ----------
@@ -583,28 +799,49 @@ def tilt_response(tilt_deg, actual_nm, kind) -> TiltMetrics:
     Returns
     -------
     TiltMetrics
-        ``backlash_deg`` is None without reversals or when the shift per degree is
-        below :data:`MIN_TILT_SHIFT_NM_PER_DEG` (a eucentric specimen shows no tilt).
+        The backlash is not measured without enough reversals or when the shift per
+        degree is below :data:`MIN_TILT_SHIFT_NM_PER_DEG` (a eucentric specimen shows
+        no tilt).
     """
     theta = np.asarray(tilt_deg, dtype=float)
     shift = np.asarray(actual_nm, dtype=float).reshape(-1, 2)
     kind = np.asarray(kind)
     valid = np.isfinite(theta) & np.all(np.isfinite(shift), axis=1)
-    plain = valid & (kind == "plain")
-    reversal = valid & (kind == "reversal")
-    denominator = float(np.sum(theta[plain] ** 2))
-    if denominator == 0:
-        return TiltMetrics(None, None, None, int(valid.sum()))
-    slope = shift[plain].T @ theta[plain] / denominator
+    plain = np.flatnonzero(valid & (kind == "plain"))
+    reversal = np.flatnonzero(valid & (kind == "reversal"))
+    evidence = {"reversal_steps": int(len(reversal)), "plain_steps": int(len(plain))}
+    noun = "registered tilt steps"
+    short = _shortfall(evidence, {"plain_steps": MIN_EVIDENCE["tilt_plain_steps"]}, noun)
+    if short or float(theta[plain] @ theta[plain]) == 0:
+        missing = not_measured(short or "every plain tilt step is 0", evidence)
+        return TiltMetrics(missing, missing, None, int(valid.sum()))
+    slope = _tilt_slope(theta[plain], shift[plain])
     magnitude = float(np.hypot(*slope))
-    if magnitude == 0:
-        return TiltMetrics(0.0, None, None, int(valid.sum()))
-    unit = slope / magnitude
-    backlash = None
-    if reversal.any() and magnitude >= MIN_TILT_SHIFT_NM_PER_DEG:
-        lost = np.abs(theta) * magnitude - np.sign(theta) * (shift @ unit)
-        backlash = float((lost[reversal].mean() - lost[plain].mean()) / magnitude)
-    return TiltMetrics(magnitude, backlash, (float(unit[0]), float(unit[1])), int(valid.sum()))
+    residual = shift[plain] - np.outer(theta[plain], slope)
+    dof = 2 * (len(plain) - 1)
+    se = float(np.sqrt(np.sum(residual ** 2) / dof / float(theta[plain] @ theta[plain])))
+    shift_m = Measurement(magnitude, intervals.magnitude_interval(slope, se, dof),
+                          {"plain_steps": evidence["plain_steps"]}, "t, confidence circle")
+    direction = None if magnitude == 0 else (float(slope[0] / magnitude), float(slope[1] / magnitude))
+    short = _shortfall(evidence, {"reversal_steps": MIN_EVIDENCE["tilt_reversal_steps"],
+                                  "plain_steps": MIN_EVIDENCE["tilt_plain_steps"]}, noun)
+    if short:
+        backlash = not_measured(short, evidence)
+    elif magnitude < MIN_TILT_SHIFT_NM_PER_DEG:
+        backlash = not_measured(f"the specimen is near the eucentric height ({magnitude:.2f} nm/deg < "
+                                f"{MIN_TILT_SHIFT_NM_PER_DEG} nm/deg): the tilt moves the image too little to "
+                                f"measure the tilt backlash by", evidence)
+    else:
+        def statistic(idx):
+            picked = np.concatenate(idx)
+            is_reversal = np.arange(len(picked)) < len(idx[0])
+            return _tilt_backlash(theta[picked], shift[picked], is_reversal, ~is_reversal)
+
+        value = _tilt_backlash(theta, shift, np.isin(np.arange(len(theta)), reversal),
+                               np.isin(np.arange(len(theta)), plain))
+        backlash = Measurement(value, intervals.bootstrap_interval(statistic, [reversal, plain]), evidence,
+                               "bootstrap")
+    return TiltMetrics(shift_m, backlash, direction, int(valid.sum()))
 
 
 # --------------------------------------------------------------------------- the whole chain
@@ -612,7 +849,7 @@ def tilt_response(tilt_deg, actual_nm, kind) -> TiltMetrics:
 
 @dataclass
 class AxisMetrics:
-    """results-v1 ``axes.<axis>``."""
+    """results-v1 ``axes.<axis>``: the values (None where not measured)."""
 
     backlash_nm: float | None
     scale_error: float | None
@@ -623,25 +860,99 @@ class AxisMetrics:
 
 
 @dataclass
+class CouplingValues:
+    """results-v1 ``coupling``: the values (None where not measured)."""
+
+    x_to_y: float | None
+    y_to_x: float | None
+    skew_deg: float | None
+
+
+@dataclass
 class PairMetrics:
     """RMS disagreement and per-axis lost motion of one position pair."""
 
-    rms_nm: float | None
+    rms: Measurement
     axes: dict[str, LostMotion]
+
+    @property
+    def rms_nm(self) -> float | None:
+        return self.rms.value
+
+
+@dataclass(frozen=True)
+class Transform:
+    """The stage-to-image transform the analysis used, and where it came from.
+
+    Attributes
+    ----------
+    value : StageToImage
+        Identity when unknown (then actual displacements are in image axes).
+    status : {"calibrated", "estimated", "unknown"}
+    rotation_ci95 : (float, float) or None
+        Bootstrap interval of an estimated rotation (deg).
+    reason : str
+        Why it is unknown ("" otherwise).
+    """
+
+    value: StageToImage
+    status: str
+    rotation_ci95: tuple[float, float] | None = None
+    reason: str = ""
+
+
+def stage_to_image_of(session: Session, registrations: list[PairRegistration]) -> Transform:
+    """The session's calibration, or the rotation and flip estimated from its moves.
+
+    Estimated from the registered translation steps (commanded displacements) when the
+    session gives none; unknown (identity, with the reason) when they are too few or
+    all parallel. The interval of an estimated rotation is a bootstrap over the steps.
+    """
+    given = session.stage_to_image
+    if given is not None:
+        return Transform(given, "calibrated")
+    commanded = commanded_nm(session)
+    deltas = np.array([commanded[r.moving] - commanded[r.reference] for r in registrations]).reshape(-1, 5)
+    shifts = np.array([r.result.shift_px if r.result.ok else (np.nan, np.nan) for r in registrations],
+                      dtype=float).reshape(-1, 2)
+    lateral = np.all(deltas[:, 2:] == 0, axis=1) & np.any(deltas[:, :2] != 0, axis=1)
+    usable = np.flatnonzero(lateral & np.all(np.isfinite(shifts), axis=1))
+    try:
+        estimate = estimate_stage_to_image(deltas[usable, :2], shifts[usable], session.pixel_size_nm)
+    except ValueError as exc:
+        return Transform(StageToImage(0.0, False), "unknown",
+                         reason=f"no [stage_to_image] calibration, and {exc}")
+
+    def statistic(idx):
+        try:
+            picked = usable[idx[0]]
+            rotation = estimate_stage_to_image(deltas[picked, :2], shifts[picked], session.pixel_size_nm).rotation_deg
+        except ValueError:
+            return None
+        return (rotation - estimate.rotation_deg + 180.0) % 360.0 - 180.0
+
+    low, high = intervals.bootstrap_interval(statistic, [np.arange(len(usable))], resamples=500)
+    return Transform(estimate, "estimated", (estimate.rotation_deg + low, estimate.rotation_deg + high))
+
+
+ORIENTED_METRICS = ("backlash_nm", "scale_error", "step_scatter_nm", "repeatability_nm")
+"""Per-axis metrics of the actual positions that need the stage-to-image orientation."""
 
 
 @dataclass
 class Analysis:
-    """Everything the analysis measured on one session."""
+    """Everything the analysis measured on one session.
+
+    ``metrics`` holds every checked metric by its dotted name (``x.backlash_nm``,
+    ``coupling.skew_deg``, ``drift_nm_per_min``, ``tilt.alpha.backlash_deg``, ...);
+    ``axes``, ``coupling`` and ``drift_nm_per_min`` are views of their values.
+    """
 
     session: Session
     steps: Steps
-    transform: StageToImage
-    transform_estimated: bool
-    axes: dict[str, AxisMetrics]
+    stage_to_image: Transform
     pairs: dict[str, PairMetrics]
-    coupling: Coupling
-    drift_nm_per_min: float | None
+    metrics: dict[str, Measurement]
     drift_velocity_nm_per_min: np.ndarray | None
     actual_positions_nm: np.ndarray
     revisits: dict[str, list[dict]] = field(default_factory=dict)
@@ -651,6 +962,33 @@ class Analysis:
     @property
     def frames(self) -> int:
         return len(self.session.frames)
+
+    @property
+    def transform(self) -> StageToImage:
+        return self.stage_to_image.value
+
+    @property
+    def transform_estimated(self) -> bool:
+        return self.stage_to_image.status == "estimated"
+
+    @property
+    def transform_known(self) -> bool:
+        return self.stage_to_image.status != "unknown"
+
+    @property
+    def axes(self) -> dict[str, AxisMetrics]:
+        return {axis: AxisMetrics(**{name: self.metrics[f"{axis}.{name}"].value
+                                     for name in AxisMetrics.__dataclass_fields__})
+                for axis in AXIS_NAMES}
+
+    @property
+    def coupling(self) -> CouplingValues:
+        return CouplingValues(**{name: self.metrics[f"coupling.{name}"].value
+                                 for name in CouplingValues.__dataclass_fields__})
+
+    @property
+    def drift_nm_per_min(self) -> float | None:
+        return self.metrics["drift_nm_per_min"].value
 
 
 def analyse(session: Session, *, registrar: Callable[..., Registration] = register,
@@ -670,30 +1008,40 @@ def analyse(session: Session, *, registrar: Callable[..., Registration] = regist
     Returns
     -------
     Analysis
+        Every metric with its interval and evidence; one below :data:`MIN_EVIDENCE`
+        is not measured and says why.
     """
     say = progress or (lambda message: None)
-    transform = session.stage_to_image
     say(f"registering {len(session.frames) - 1} consecutive frame pairs")
-    registrations = register_steps(session, transform, registrar)
-    estimated = transform is None
-    if estimated:
-        targets = session.targets_nm()[:, :2]
-        deltas = np.array([targets[r.moving] - targets[r.reference] for r in registrations])
-        shifts = np.array([r.result.shift_px if r.result.ok else (np.nan, np.nan) for r in registrations], dtype=float)
-        transform = estimate_stage_to_image(deltas, shifts, session.pixel_size_nm)
-        say(f"estimated stage-to-image rotation {transform.rotation_deg:.2f} deg, flip_y {transform.flip_y}")
+    registrations = register_steps(session, session.stage_to_image, registrar)
+    s2i = stage_to_image_of(session, registrations)
+    if s2i.status == "estimated":
+        low, high = s2i.rotation_ci95
+        say(f"estimated stage-to-image rotation {s2i.value.rotation_deg:.2f} deg (95 % interval {low:.2f} to "
+            f"{high:.2f}), flip_y {s2i.value.flip_y}")
+    elif s2i.status == "unknown":
+        say(f"stage-to-image rotation unknown: {s2i.reason}")
+    transform = s2i.value
     steps = build_steps(session, registrations, transform)
     failed = [f"frames {r.reference}->{r.moving}: {r.result.reason}" for r in registrations if not r.result.ok]
+    unoriented = f"needs the stage-to-image orientation, which is unknown: {s2i.reason}"
 
     pairs = {}
-    untilted = np.all(steps.tilt_deg == 0, axis=1)  # a tilt moves the image without a stage translation
     for name, (ref_name, meas_name) in PAIRS.items():
         ref, meas = steps.displacement(ref_name), steps.displacement(meas_name)
+        needs_image = "actual" in (ref_name, meas_name)
+        counted = "registered " if needs_image else ""
         per_axis = {}
         for k, axis_name in enumerate(AXIS_NAMES):
             sel = steps.axis == k
-            per_axis[axis_name] = lost_motion(ref[sel, k], meas[sel, k], steps.kind[sel])
-        pairs[name] = PairMetrics(pair_rms_nm(ref[untilted], meas[untilted]), per_axis)
+            per_axis[axis_name] = lost_motion(ref[sel, k], meas[sel, k], steps.kind[sel],
+                                              f"{counted}steps along {axis_name}")
+        rms = pair_rms_nm(ref[steps.translation], meas[steps.translation], f"{counted}translation steps")
+        if needs_image and s2i.status == "unknown":
+            missing = not_measured(unoriented)
+            per_axis = {axis_name: LostMotion(missing, missing, missing, 0, 0) for axis_name in AXIS_NAMES}
+            rms = missing
+        pairs[name] = PairMetrics(rms, per_axis)
 
     tilt = {}
     for k, tilt_name in enumerate(TILT_NAMES):
@@ -701,12 +1049,13 @@ def analyse(session: Session, *, registrar: Callable[..., Registration] = regist
         if sel.any():
             tilt[tilt_name] = tilt_response(steps.tilt_deg[sel, k], steps.actual_nm[sel], steps.tilt_kind[sel])
 
-    say("registering revisits of the same targets (repeatability)")
+    metrics: dict[str, Measurement] = {}
     revisits: dict[str, list[dict]] = {}
-    axes = {}
     for k, axis_name in enumerate(AXIS_NAMES):
         groups = revisit_groups(session, steps, k)
         pair_list = [(g[0], other) for g in groups for other in g[1:]]
+        if pair_list:
+            say(f"registering {len(pair_list)} revisits of the same targets along {axis_name} (repeatability)")
         regs = {(r.reference, r.moving): r.result for r in register_pairs(session, pair_list, transform, registrar)}
         deviations = []
         records = []
@@ -723,44 +1072,54 @@ def analyse(session: Session, *, registrar: Callable[..., Registration] = regist
             records.append({"frames": group, "deviation_nm": dev})
         revisits[axis_name] = records
         ta, tr = pairs["target_actual"].axes[axis_name], pairs["target_reported"].axes[axis_name]
-        axes[axis_name] = AxisMetrics(
-            backlash_nm=ta.backlash_nm,
-            scale_error=ta.scale_error,
-            step_scatter_nm=ta.step_scatter_nm,
-            reported_backlash_nm=tr.backlash_nm,
-            reported_scale_error=tr.scale_error,
-            repeatability_nm=repeatability_nm(deviations),
-        )
+        metrics[f"{axis_name}.backlash_nm"] = ta.backlash_nm
+        metrics[f"{axis_name}.scale_error"] = ta.scale_error
+        metrics[f"{axis_name}.step_scatter_nm"] = ta.step_scatter_nm
+        metrics[f"{axis_name}.reported_backlash_nm"] = tr.backlash_nm
+        metrics[f"{axis_name}.reported_scale_error"] = tr.scale_error
+        metrics[f"{axis_name}.repeatability_nm"] = (repeatability_nm(deviations) if s2i.status != "unknown"
+                                                    else not_measured(unoriented))
+
+    if s2i.status != "unknown":
+        axis_coupling = coupling(steps.target_nm, steps.actual_nm, steps.axis)
+    else:
+        axis_coupling = Coupling(not_measured(unoriented), not_measured(unoriented), not_measured(unoriented))
+    metrics["coupling.x_to_y"] = axis_coupling.x_to_y
+    metrics["coupling.y_to_x"] = axis_coupling.y_to_x
+    metrics["coupling.skew_deg"] = axis_coupling.skew_deg
 
     runs = dwell_runs(session)
-    velocity = None
+    times, positions = [], []
     if runs:
-        say(f"registering {sum(len(r) - 1 for r in runs)} dwell frames (drift)")
-        times, positions = [], []
-        for run in runs:
-            regs = register_pairs(session, [(run[0], other) for other in run[1:]], transform, registrar)
-            pos = [np.zeros(2)]
-            for r in regs:
-                if r.result.ok:
-                    pos.append(image_px_to_stage_nm(r.result.shift_px, session.pixel_size_nm, transform))
-                else:
-                    failed.append(f"frames {r.reference}->{r.moving}: {r.result.reason}")
-                    pos.append(np.full(2, np.nan))
-            times.append(session.times_s()[run])
-            positions.append(np.array(pos))
-        velocity = drift_velocity_nm_per_min(times, positions)
+        say(f"registering {sum(len(r) - 1 for r in runs)} frames taken without a move (drift)")
+    for run in runs:
+        regs = register_pairs(session, [(run[0], other) for other in run[1:]], transform, registrar)
+        pos = [np.zeros(2)]
+        for r in regs:
+            if r.result.ok:
+                pos.append(image_px_to_stage_nm(r.result.shift_px, session.pixel_size_nm, transform))
+            else:
+                failed.append(f"frames {r.reference}->{r.moving}: {r.result.reason}")
+                pos.append(np.full(2, np.nan))
+        times.append(session.times_s()[run])
+        positions.append(np.array(pos))
+    drift_result = drift(times, positions)
+    metrics["drift_nm_per_min"] = drift_result.speed_nm_per_min
 
-    start = session.targets_nm()[0, :2]
+    for tilt_name in TILT_NAMES:
+        metrics_of = tilt.get(tilt_name)
+        absent = not_measured(f"the session has no {tilt_name} tilt steps")
+        metrics[f"tilt.{tilt_name}.shift_nm_per_deg"] = absent if metrics_of is None else metrics_of.shift
+        metrics[f"tilt.{tilt_name}.backlash_deg"] = absent if metrics_of is None else metrics_of.backlash
+
+    start = commanded_nm(session)[0, :2]
     return Analysis(
         session=session,
         steps=steps,
-        transform=transform,
-        transform_estimated=estimated,
-        axes=axes,
+        stage_to_image=s2i,
         pairs=pairs,
-        coupling=coupling(steps.target_nm, steps.actual_nm, steps.axis),
-        drift_nm_per_min=None if velocity is None else float(np.hypot(*velocity)),
-        drift_velocity_nm_per_min=velocity,
+        metrics=metrics,
+        drift_velocity_nm_per_min=drift_result.velocity_nm_per_min,
         actual_positions_nm=actual_positions_nm(start, len(session.frames), steps),
         revisits=revisits,
         failed=failed,

@@ -1,11 +1,17 @@
-"""Pair agreement and consistency, the alignment case a-f (paper Figure 2), and the
-acceptance of every metric against a holder's tolerances (results-v1)."""
+"""Pair agreement and consistency, the alignment case a-f (paper Figure 2), the
+acceptance of every metric against a holder's tolerances (results-v1), and the one
+verdict of a run.
+
+Every decision here rests on evidence: a pair that cannot be decided on both axes
+leaves the case not certified; a metric that is not measured is never a pass; a
+decision whose 95 % interval straddles its tolerance is marked marginal.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .analysis import AXIS_NAMES, TILT_NAMES, Analysis
+from .analysis import AXIS_NAMES, TILT_NAMES, Analysis, Measurement
 from .config import HolderConfig
 
 CASE_TITLES = {
@@ -37,15 +43,105 @@ PAIR_LABELS = {
 }
 
 
+METRIC_LABELS = {
+    "backlash_nm": "Backlash",
+    "scale_error": "Scale error",
+    "step_scatter_nm": "Step scatter",
+    "reported_backlash_nm": "Readback backlash",
+    "reported_scale_error": "Readback scale error",
+    "repeatability_nm": "Repeatability (ISO 230-2)",
+    "coupling.x_to_y": "Coupling x to y",
+    "coupling.y_to_x": "Coupling y to x",
+    "coupling.skew_deg": "Skew of the x and y axes",
+    "drift_nm_per_min": "Drift while standing still",
+    "shift_nm_per_deg": "Image shift per degree of tilt",
+    "backlash_deg": "Tilt backlash",
+}
+
+
+def metric_label(name: str) -> str:
+    """Human name of a check, e.g. ``x.backlash_nm`` -> ``Backlash, x``."""
+    if name in METRIC_LABELS:
+        return METRIC_LABELS[name]
+    parts = name.split(".")
+    if parts[0] == "tilt":
+        return f"{METRIC_LABELS[parts[2]]}, {parts[1]}"
+    return f"{METRIC_LABELS[parts[1]]}, {parts[0]}"
+
+
+_DECIMALS = {"nm": 1, "deg": 3, "nm/min": 2, "nm/deg": 1, "%": 3}
+
+
+def format_value(value: float | None, unit: str) -> str:
+    """A value for people: fractions as percent, sensible decimals per unit."""
+    if value is None:
+        return "not measured"
+    if unit == "":
+        return f"{100.0 * value:.{_DECIMALS['%']}f} %"
+    return f"{value:.{_DECIMALS.get(unit, 3)}f} {unit}".strip()
+
+
+def format_interval(ci95: tuple[float, float] | None, unit: str) -> str:
+    """``95 % CI 170.2 to 189.4 nm``, or "" without an interval."""
+    if ci95 is None:
+        return ""
+    low, high = ci95
+    if unit == "":
+        return f"95 % CI {100.0 * low:.{_DECIMALS['%']}f} to {100.0 * high:.{_DECIMALS['%']}f} %"
+    decimals = _DECIMALS.get(unit, 3)
+    return f"95 % CI {low:.{decimals}f} to {high:.{decimals}f} {unit}".strip()
+
+
+def format_limit(limit: float, unit: str) -> str:
+    """A tolerance as written in the holder file: ``15 nm``, ``1 %``."""
+    return f"{100.0 * limit:g} %" if unit == "" else f"{limit:g} {unit}"
+
+
+def _abs_interval(ci95: tuple[float, float]) -> tuple[float, float]:
+    """Interval of ``|x|`` from the interval of ``x``."""
+    low, high = ci95
+    if low >= 0:
+        return low, high
+    if high <= 0:
+        return -high, -low
+    return 0.0, max(-low, high)
+
+
+def margin(value: float, ci95: tuple[float, float] | None, limit: float, unit: str) -> str:
+    """"" when the 95 % interval of ``|value|`` is clear of `limit`, else how far it
+    reaches across it, e.g. ``"marginal: its 95 % interval reaches 3.1 nm past the
+    tolerance"``."""
+    if ci95 is None:
+        return ""
+    low, high = _abs_interval(ci95)
+    if not low <= limit <= high or low == high:
+        return ""
+    if abs(value) <= limit:
+        return f"marginal: its 95 % interval reaches {format_value(high - limit, unit)} past the tolerance"
+    return f"marginal: its 95 % interval reaches {format_value(limit - low, unit)} inside the tolerance"
+
+
 @dataclass(frozen=True)
 class PairVerdict:
-    """Agreement and consistency of one position pair."""
+    """Agreement and consistency of one position pair.
+
+    ``agree`` and ``consistent`` are None when the evidence does not decide them;
+    ``missing`` says what is missing, ``marginal`` which decisions are marginal.
+    """
 
     name: str
-    agree: bool
-    consistent: bool
+    agree: bool | None
+    consistent: bool | None
     rms_nm: float | None
     why: tuple[str, ...]
+    rms_ci95: tuple[float, float] | None = None
+    missing: tuple[tuple[str, str], ...] = ()
+    """(what, why) for each decision the evidence does not support."""
+    marginal: tuple[str, ...] = ()
+
+    @property
+    def decided(self) -> bool:
+        return not self.missing and self.agree is not None and self.consistent is not None
 
 
 def judge_pairs(analysis: Analysis, holder: HolderConfig) -> dict[str, PairVerdict]:
@@ -54,40 +150,59 @@ def judge_pairs(analysis: Analysis, holder: HolderConfig) -> dict[str, PairVerdi
     A pair agrees when its RMS per-step disagreement is at most ``agreement_nm``; it
     is consistent when on every axis its step scatter is at most
     ``consistency_nm`` and its reversal-dependent lost motion at most
-    ``backlash_nm`` in absolute value. A metric the session cannot give (e.g. no
-    steps along an axis) does not count against the pair.
+    ``backlash_nm`` in absolute value. A metric below the minimum evidence leaves
+    the pair undecided (``missing``); one whose interval straddles its tolerance
+    makes the decision marginal.
     """
     tol = holder.tolerances
     verdicts = {}
     for name, metrics in analysis.pairs.items():
-        why = []
-        agree = metrics.rms_nm is not None and metrics.rms_nm <= tol["agreement_nm"]
-        if metrics.rms_nm is None:
-            why.append(f"{PAIR_LABELS[name]}: no registered step to compare")
-        elif not agree:
-            why.append(f"{PAIR_LABELS[name]} disagree: RMS {metrics.rms_nm:.1f} nm > {tol['agreement_nm']:g} nm")
-        consistent = True
+        label = PAIR_LABELS[name]
+        why, missing, marginal = [], [], []
+        rms = metrics.rms
+        agree = None
+        if not rms.measured:
+            missing.append((f"{label} agreement", rms.reason))
+        else:
+            agree = rms.value <= tol["agreement_nm"]
+            if not agree:
+                why.append(f"{label} disagree: RMS {format_value(rms.value, 'nm')} > {tol['agreement_nm']:g} nm")
+            note = margin(rms.value, rms.ci95, tol["agreement_nm"], "nm")
+            if note:
+                marginal.append(f"{label} agreement: RMS {format_value(rms.value, 'nm')} "
+                                f"({format_interval(rms.ci95, 'nm')}) against {tol['agreement_nm']:g} nm: "
+                                f"{note.removeprefix('marginal: ')}")
+        violated = undecided = False
         for axis in AXIS_NAMES:
             lm = metrics.axes[axis]
-            if lm.step_scatter_nm is not None and lm.step_scatter_nm > tol["consistency_nm"]:
-                consistent = False
-                why.append(f"{PAIR_LABELS[name]} inconsistent on {axis}: step scatter "
-                           f"{lm.step_scatter_nm:.1f} nm > {tol['consistency_nm']:g} nm")
-            if lm.backlash_nm is not None and abs(lm.backlash_nm) > tol["backlash_nm"]:
-                consistent = False
-                why.append(f"{PAIR_LABELS[name]} inconsistent on {axis}: reversal-dependent lost motion "
-                           f"{lm.backlash_nm:.1f} nm, |.| > {tol['backlash_nm']:g} nm")
-        verdicts[name] = PairVerdict(name, agree, consistent, metrics.rms_nm, tuple(why))
+            for measurement, what, limit in ((lm.step_scatter_nm, "step scatter", tol["consistency_nm"]),
+                                             (lm.backlash_nm, "reversal-dependent lost motion", tol["backlash_nm"])):
+                if not measurement.measured:
+                    missing.append((f"{label} {what} on {axis}", measurement.reason))
+                    undecided = True
+                    continue
+                if abs(measurement.value) > limit:
+                    violated = True
+                    why.append(f"{label} inconsistent on {axis}: {what} {format_value(measurement.value, 'nm')}, "
+                               f"|.| > {limit:g} nm")
+                note = margin(measurement.value, measurement.ci95, limit, "nm")
+                if note:
+                    marginal.append(f"{label} {what} on {axis}: {format_value(measurement.value, 'nm')} "
+                                    f"({format_interval(measurement.ci95, 'nm')}) against {limit:g} nm: "
+                                    f"{note.removeprefix('marginal: ')}")
+        consistent = False if violated else (None if undecided else True)
+        verdicts[name] = PairVerdict(name, agree, consistent, rms.value, tuple(why), rms.ci95, tuple(missing),
+                                     tuple(marginal))
     return verdicts
 
 
 def alignment_case(verdicts: dict[str, PairVerdict]) -> str | None:
     """The case letter a-f from the three pair verdicts (results-v1 rule).
 
-    None when no pair could be compared at all (a session without translation steps,
-    e.g. tilt protocols only): such a session certifies nothing.
+    None unless every pair is decided (agreement and consistency on both axes, with
+    the minimum evidence): such a session certifies no case.
     """
-    if all(v.rms_nm is None for v in verdicts.values()):
+    if not all(v.decided for v in verdicts.values()):
         return None
     if not all(v.consistent for v in verdicts.values()):
         return "f"
@@ -105,7 +220,7 @@ def alignment_case(verdicts: dict[str, PairVerdict]) -> str | None:
 
 @dataclass(frozen=True)
 class Check:
-    """One measured value with its name, unit, limit and verdict (OpenHTF style)."""
+    """One measured value with its name, unit, limit, interval and verdict (OpenHTF style)."""
 
     name: str
     value: float | None
@@ -114,15 +229,65 @@ class Check:
     """None when the holder file sets no tolerance for this metric."""
     passed: bool | None
     """None when the session cannot give the value or the holder sets no limit."""
+    ci95: tuple[float, float] | None = None
+    marginal: bool = False
+    margin: str = ""
+    """How far the interval reaches across the tolerance ("" unless marginal)."""
+    evidence: dict = field(default_factory=dict)
+    method: str = ""
+    reason: str = ""
+    """Why the value is not measured ("" when it is)."""
+
+    @property
+    def label(self) -> str:
+        return metric_label(self.name)
+
+    def shown(self) -> str:
+        """Value, unit and interval, e.g. ``179.8 nm (95 % CI 170.2 to 189.4 nm)``."""
+        text = format_value(self.value, self.unit)
+        interval = format_interval(self.ci95, self.unit)
+        return f"{text} ({interval})" if interval else text
+
+    def tolerance(self) -> str:
+        return "none set" if self.limit is None else f"|.| <= {format_limit(self.limit, self.unit)}"
 
     def describe(self) -> str:
-        if self.limit is None:
-            shown = "not measured" if self.value is None else f"{self.value:.4g} {self.unit}".strip()
-            return f"{self.name} = {shown}: the holder file sets no tolerance for it"
+        """One line: name, value with unit and interval, tolerance, verdict."""
         if self.value is None:
-            return f"{self.name}: not measured by this session (limit {self.limit:g} {self.unit})"
-        verdict = "ok" if self.passed else "FAIL"
-        return f"{self.name} = {self.value:.4g} {self.unit} (limit |.| <= {self.limit:g} {self.unit}): {verdict}"
+            return f"{self.label}: not measured: {self.reason}"
+        if self.limit is None:
+            return f"{self.label} = {self.shown()}: not judged, the holder file sets no tolerance for it"
+        verdict = "pass" if self.passed else "FAIL"
+        text = f"{self.label} = {self.shown()}, tolerance {self.tolerance()}: {verdict}"
+        return f"{text}; {self.margin}" if self.marginal else text
+
+
+TOLERANCE_OF = {
+    "backlash_nm": ("backlash_nm", "nm"),
+    "scale_error": ("scale_error", ""),
+    "step_scatter_nm": ("consistency_nm", "nm"),
+    "reported_backlash_nm": ("backlash_nm", "nm"),
+    "reported_scale_error": ("scale_error", ""),
+    "repeatability_nm": ("repeatability_nm", "nm"),
+    "coupling.x_to_y": ("coupling", ""),
+    "coupling.y_to_x": ("coupling", ""),
+    "coupling.skew_deg": ("skew_deg", "deg"),
+    "drift_nm_per_min": ("drift_nm_per_min", "nm/min"),
+    "shift_nm_per_deg": ("tilt_shift_nm_per_deg", "nm/deg"),
+    "backlash_deg": ("tilt_backlash_deg", "deg"),
+}
+"""The holder tolerance and unit of each metric (by its name, or the last part of it)."""
+
+
+def check_of(name: str, measurement: Measurement, holder: HolderConfig) -> Check:
+    """One metric against the holder tolerance."""
+    tol_key, unit = TOLERANCE_OF.get(name) or TOLERANCE_OF[name.rsplit(".", 1)[1]]
+    limit = holder.tolerances.get(tol_key)
+    value = measurement.value
+    passed = None if value is None or limit is None else abs(value) <= limit
+    note = "" if passed is None else margin(value, measurement.ci95, limit, unit)
+    return Check(name, value, unit, limit, passed, measurement.ci95, bool(note), note, dict(measurement.evidence),
+                 measurement.method, measurement.reason)
 
 
 def metric_checks(analysis: Analysis, holder: HolderConfig) -> dict[str, Check]:
@@ -135,41 +300,19 @@ def metric_checks(analysis: Analysis, holder: HolderConfig) -> dict[str, Check]:
     ``tilt.alpha.backlash_deg`` (and beta). The tilt tolerances are optional in a
     holder file: without them the check has no limit and is not judged.
     """
-    tol = holder.tolerances
-    limits = {
-        "backlash_nm": ("backlash_nm", "nm"),
-        "scale_error": ("scale_error", ""),
-        "step_scatter_nm": ("consistency_nm", "nm"),
-        "reported_backlash_nm": ("backlash_nm", "nm"),
-        "reported_scale_error": ("scale_error", ""),
-        "repeatability_nm": ("repeatability_nm", "nm"),
-    }
-    values: dict[str, tuple[float | None, str, str]] = {}
-    for axis in AXIS_NAMES:
-        metrics = analysis.axes[axis]
-        for metric, (tol_key, unit) in limits.items():
-            values[f"{axis}.{metric}"] = (getattr(metrics, metric), tol_key, unit)
-    values["coupling.x_to_y"] = (analysis.coupling.x_to_y, "coupling", "")
-    values["coupling.y_to_x"] = (analysis.coupling.y_to_x, "coupling", "")
-    values["coupling.skew_deg"] = (analysis.coupling.skew_deg, "skew_deg", "deg")
-    values["drift_nm_per_min"] = (analysis.drift_nm_per_min, "drift_nm_per_min", "nm/min")
-    for tilt_name in TILT_NAMES:
-        metrics = analysis.tilt.get(tilt_name)
-        values[f"tilt.{tilt_name}.shift_nm_per_deg"] = (
-            None if metrics is None else metrics.shift_nm_per_deg, "tilt_shift_nm_per_deg", "nm/deg")
-        values[f"tilt.{tilt_name}.backlash_deg"] = (
-            None if metrics is None else metrics.backlash_deg, "tilt_backlash_deg", "deg")
-    checks = {}
-    for name, (value, tol_key, unit) in values.items():
-        limit = tol.get(tol_key)
-        passed = None if value is None or limit is None else abs(value) <= limit
-        checks[name] = Check(name, value, unit, limit, passed)
-    return checks
+    names = [f"{axis}.{metric}" for axis in AXIS_NAMES for metric in
+             ("backlash_nm", "scale_error", "step_scatter_nm", "reported_backlash_nm", "reported_scale_error",
+              "repeatability_nm")]
+    names += ["coupling.x_to_y", "coupling.y_to_x", "coupling.skew_deg", "drift_nm_per_min"]
+    names += [f"tilt.{tilt}.{metric}" for tilt in TILT_NAMES for metric in ("shift_nm_per_deg", "backlash_deg")]
+    return {name: check_of(name, analysis.metrics[name], holder) for name in names}
 
 
 NOT_CERTIFIED_TITLE = "Not certified"
-NOT_CERTIFIED_MEANING = ("The session has no translation steps to compare target, reported and actual "
-                         "positions: run the hysteresis, coupling or certification tests to certify a case.")
+NOT_SELECTED_MEANING = ("The certification test was not selected (-m/-k), so no case is certified: run the suites "
+                        "without a selection, or with -m certification, to certify one.")
+INSUFFICIENT_MEANING = ("The session does not hold the evidence to decide the case: every pair must be decided "
+                        "on both axes with the minimum number of registered steps.")
 
 
 @dataclass(frozen=True)
@@ -181,11 +324,24 @@ class Certificate:
     title: str
     meaning: str
     accepted: bool
+    """The case is one of the holder's accepted cases (False when not certified)."""
     reasons: tuple[str, ...]
     pairs: dict[str, PairVerdict]
+    missing: tuple[str, ...] = ()
+    """What evidence is missing when the case is not certified."""
+    marginal: tuple[str, ...] = ()
+    """Pair decisions whose interval straddles their tolerance."""
 
 
-def certify(analysis: Analysis, holder: HolderConfig) -> Certificate:
+def _grouped(missing: list[tuple[str, str]]) -> list[str]:
+    """``"a, b: reason"`` lines, one per distinct reason."""
+    by_reason: dict[str, list[str]] = {}
+    for what, reason in missing:
+        by_reason.setdefault(reason, []).append(what)
+    return [f"{', '.join(whats)}: {reason}" for reason, whats in by_reason.items()]
+
+
+def certify(analysis: Analysis, holder: HolderConfig, *, selected: bool = True) -> Certificate:
     """Certify the alignment case of an analysed session and accept or reject it.
 
     Parameters
@@ -193,17 +349,31 @@ def certify(analysis: Analysis, holder: HolderConfig) -> Certificate:
     analysis : Analysis
     holder : HolderConfig
         Tolerances and ``accepted_cases``.
+    selected : bool
+        Whether the certification test is part of the run; without it no case is
+        certified (a ``-m drift`` run measures drift and nothing more).
 
     Returns
     -------
     Certificate
-        ``reasons`` says why the case is what it is and why it is (not) accepted.
+        ``reasons`` says why the case is what it is and why it is (not) accepted, or
+        what evidence is missing.
     """
     verdicts = judge_pairs(analysis, holder)
+    marginal = tuple(note for v in verdicts.values() for note in v.marginal)
+    if not selected:
+        return Certificate(None, NOT_CERTIFIED_TITLE, NOT_SELECTED_MEANING, False,
+                           ("the certification test was not selected: no case is certified",), verdicts)
     case = alignment_case(verdicts)
     if case is None:
-        return Certificate(None, NOT_CERTIFIED_TITLE, NOT_CERTIFIED_MEANING, False,
-                           ("no translation step in the session: no case is certified",), verdicts)
+        missing = tuple(_grouped([item for v in verdicts.values() for item in v.missing]))
+        registered = int(analysis.steps.registered.sum())
+        pairs = analysis.frames - 1
+        if registered < pairs:
+            first = f" (first left out: {analysis.failed[0]})" if analysis.failed else ""
+            missing += (f"{registered} of {pairs} consecutive frame pairs could be registered{first}",)
+        return Certificate(None, NOT_CERTIFIED_TITLE, INSUFFICIENT_MEANING, False,
+                           ("not certified: insufficient evidence",) + missing, verdicts, missing, marginal)
     agree = [PAIR_LABELS[n] for n, v in verdicts.items() if v.agree]
     reasons = [f"pairs that agree within {holder.tolerances['agreement_nm']:g} nm RMS: "
                + (", ".join(agree) if agree else "none")]
@@ -214,4 +384,67 @@ def certify(analysis: Analysis, holder: HolderConfig) -> Certificate:
         f"case {case} is {'accepted' if accepted else 'not accepted'} by holder '{holder.name}' "
         f"(accepted cases: {', '.join(holder.accepted_cases)})"
     )
-    return Certificate(case, CASE_TITLES[case], CASE_MEANINGS[case], accepted, tuple(reasons), verdicts)
+    return Certificate(case, CASE_TITLES[case], CASE_MEANINGS[case], accepted, tuple(reasons), verdicts, (),
+                       marginal)
+
+
+VERDICTS = ("accepted", "not accepted", "not certified", "incomplete")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The one verdict of a run, the line that says it, and why."""
+
+    word: str
+    """One of :data:`VERDICTS`."""
+    headline: str
+    why: tuple[str, ...]
+
+
+def _case_line(certificate: Certificate, holder: HolderConfig) -> str:
+    if certificate.case is None:
+        return certificate.reasons[0]
+    return (f"case {certificate.case} ({certificate.title}) is "
+            f"{'accepted' if certificate.accepted else 'not accepted'} by holder '{holder.name}' "
+            f"(accepted cases: {', '.join(holder.accepted_cases)})")
+
+
+def verdict(certificate: Certificate, checks: dict[str, Check], holder: HolderConfig, *,
+            incomplete: str | None = None) -> Verdict:
+    """The run's one verdict: accepted, not accepted, not certified or incomplete.
+
+    ``accepted`` only for a certified case that the holder accepts with every measured
+    metric within its tolerance; ``not accepted`` when the case is not accepted or a
+    metric fails; ``not certified`` when no case is certified; ``incomplete`` when the
+    session stopped early. The reasons list the case, each failed metric, each
+    marginal decision, what evidence is missing and which metrics are not measured.
+    """
+    failed = [c for c in checks.values() if c.passed is False]
+    marginal = [c for c in checks.values() if c.marginal]
+    unmeasured = [c for c in checks.values() if c.value is None and c.limit is not None]
+    why = [_case_line(certificate, holder)]
+    why += [f"missing evidence: {line}" for line in certificate.missing]
+    why += [f"failed: {c.describe()}" for c in failed]
+    why += [f"marginal: {note}" for note in certificate.marginal]
+    why += [f"marginal: {c.label} = {c.shown()}, tolerance {c.tolerance()}: "
+            f"{c.margin.removeprefix('marginal: ')}" for c in marginal if c.passed]
+    if unmeasured:
+        why.append("not measured (the report says why): " + "; ".join(c.label for c in unmeasured))
+    failures = f"{len(failed)} metric(s) outside tolerance: " + ", ".join(c.label for c in failed)
+    if incomplete:
+        return Verdict("incomplete", f"INCOMPLETE: {incomplete}; nothing is accepted", tuple(why))
+    if certificate.case is None:
+        cause = ("insufficient evidence" if certificate.missing
+                 else "the certification test was not selected")
+        extra = f"; {failures}" if failed else ""
+        return Verdict("not certified", f"NOT CERTIFIED: {cause}{extra}", tuple(why))
+    case = f"case {certificate.case} ({certificate.title})"
+    if not certificate.accepted:
+        extra = f"; {failures}" if failed else ""
+        return Verdict("not accepted", f"NOT ACCEPTED: {case} is not among the cases holder '{holder.name}' "
+                                       f"accepts{extra}", tuple(why))
+    if failed:
+        return Verdict("not accepted", f"NOT ACCEPTED: {case} is accepted, but {failures}", tuple(why))
+    judged = sum(1 for c in checks.values() if c.passed)
+    notes = f"; {len(marginal) + len(certificate.marginal)} marginal" if marginal or certificate.marginal else ""
+    return Verdict("accepted", f"ACCEPTED: {case}, {judged} measured metric(s) within tolerance{notes}", tuple(why))

@@ -166,6 +166,9 @@ class HolderConfig:
     path: Path | None = None
     key: str = ""
     """The short name the holder was selected by (file stem)."""
+    source: str = ""
+    """Who chose it, for the report: ``--holder``, the microscope config, a recording's
+    shipped holder name, the server, or the default."""
 
 
 # --------------------------------------------------------------------------- schemas
@@ -405,6 +408,18 @@ def resolve(name_or_path: str | Path, directory: Path, what: str) -> Path:
         names = ", ".join(available(directory)) or "(none)"
         raise ConfigError(f"unknown {what} '{text}': available in {directory}: {names}")
     return path
+
+
+def is_shipped_holder(name: str) -> bool:
+    """Whether `name` is the plain name of a holder file shipped in ``fixtures/holders/``.
+
+    A path, or anything with a separator or a ``.toml`` ending, is not: a recording
+    or a server may name a holder, never choose a tolerance file.
+    """
+    text = str(name)
+    if not text or "/" in text or "\\" in text or text.endswith(".toml") or text.startswith("."):
+        return False
+    return text in available(HOLDERS_DIR)
 
 
 def _finite(data: Any, source: Path, prefix: str = "") -> None:

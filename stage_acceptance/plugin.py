@@ -11,15 +11,17 @@ path inside a ``suites`` folder) or that give ``--replay``, ``--record`` or
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pytest
 
 from .acceptance import AcceptanceRun
 from .config import ConfigError
+from . import figures as figure_module
+from .microscope import MoveRefused
 from .protocols import FAMILIES, PROTOCOL_NAMES, protocols_for_families
-from .figures import png_base64
-from .report import certificate_html, incomplete_html
+from .report import certificate_html, figure_anchor, incomplete_html, stage_to_image_json
 from .session import RecordingError
 
 RUN_KEY = pytest.StashKey[AcceptanceRun]()
@@ -131,17 +133,22 @@ def acceptance_run(request) -> AcceptanceRun:
 def stage_analysis(request, acceptance_run):
     """The analysed session: acquired once (only the protocols the selected tests need)."""
     config = request.config
-    families = config.stash[HOOKS_KEY].families or set(FAMILIES)
-    names = protocols_for_families(families) or PROTOCOL_NAMES
+    hooks = config.stash[HOOKS_KEY]
     on_frame, on_stage = _progress(config)
-    acceptance_run.session(names, progress=on_frame)
-    return acceptance_run.evaluate(progress=on_stage)
+    acceptance_run.session(hooks.protocol_names(), progress=on_frame)
+    return acceptance_run.evaluate(progress=on_stage, selected="certification" in hooks.families)
 
 
 @pytest.fixture(scope="session")
 def stage_certificate(acceptance_run, stage_analysis):
-    """The certificate (case a-f, accepted or not, reasons)."""
+    """The certificate (case a-f or not certified, accepted or not, reasons)."""
     return acceptance_run.certificate
+
+
+@pytest.fixture(scope="session")
+def stage_verdict(acceptance_run, stage_analysis):
+    """The run's one verdict: accepted, not accepted, not certified (or incomplete)."""
+    return acceptance_run.verdict
 
 
 @pytest.fixture(scope="session")
@@ -158,13 +165,15 @@ def stage_figures(acceptance_run, stage_analysis):
 
 @pytest.fixture
 def attach_figure(extras, stage_figures):
-    """``attach_figure(name)`` attaches a session figure to this test in the HTML report."""
+    """``attach_figure(name)`` links this test, in the HTML report, to the figure that
+    shows its metric (each figure is embedded once, in the certificate)."""
     import pytest_html
 
     def attach(name: str) -> None:
-        png = stage_figures.get(name)
-        if png is not None:
-            extras.append(pytest_html.extras.png(png_base64(png), name=name))
+        if name in stage_figures:
+            title, _ = figure_module.figure_caption(name)
+            extras.append(pytest_html.extras.html(
+                f'<p>Figure: <a href="#{figure_anchor(name)}">{html.escape(title)}</a> (in the certificate above)</p>'))
 
     return attach
 
@@ -178,12 +187,38 @@ class _RunHooks:
         self.families: set[str] = set()
         self.tests = {"passed": 0, "failed": 0, "skipped": 0}
         self.results_path: Path | None = None
+        self.refused = False
+
+    def protocol_names(self) -> tuple[str, ...]:
+        return protocols_for_families(self.families or set(FAMILIES)) or PROTOCOL_NAMES
 
     def pytest_collection_finish(self, session):
         for item in session.items:  # after -m / -k deselection
             for family in FAMILIES:
                 if item.get_closest_marker(family) is not None:
                     self.families.add(family)
+        if not session.items:
+            return
+        # Before any test runs: open the microscope and check the whole plan against the
+        # holder's limits, so a refused plan is a usage error and nothing moves.
+        from .backends.pyjem import PyJEMError
+        from .remote.client import RemoteError
+
+        try:
+            self.run.prepare(self.protocol_names())
+        except (MoveRefused, ConfigError, RemoteError, PyJEMError) as exc:
+            self.refused = True
+            raise pytest.UsageError(str(exc).splitlines()[0]) from None
+
+    def pytest_unconfigure(self, config):
+        self.run.close()
+        if self.refused:
+            # pytest-html writes a report of no tests even for a usage error; a refused
+            # run leaves nothing behind.
+            html = self.run.outputs.html
+            html.unlink(missing_ok=True)
+            if html.parent == self.run.reports_dir and not any(html.parent.iterdir()):
+                html.parent.rmdir()
 
     def pytest_runtest_logreport(self, report):
         if report.when == "call" or (report.when == "setup" and not report.passed):
@@ -207,15 +242,16 @@ class _RunHooks:
             terminalreporter.write_line(run.incomplete)
             if run.session_path:
                 terminalreporter.write_line(f"session recording: {run.session_path}")
-        if run.certificate is None:
+        if run.verdict is None:
             return
-        cert = run.certificate
-        terminalreporter.section("stage acceptance")
-        verdict = "ACCEPTED" if cert.accepted else "NOT ACCEPTED"
-        what = cert.title if cert.case is None else f"case {cert.case} ({cert.title}): {verdict}"
-        terminalreporter.write_line(f"{run.microscope_name} with holder '{run.holder.key}': {what}")
-        for reason in cert.reasons:
+        verdict = run.verdict
+        colour = {"accepted": {"green": True}, "not certified": {"yellow": True}}.get(verdict.word, {"red": True})
+        terminalreporter.section("stage acceptance", **colour)
+        terminalreporter.write_line(f"{run.microscope_name}, holder '{run.holder.key}': {verdict.headline}",
+                                    bold=True, **colour)
+        for reason in verdict.why:
             terminalreporter.write_line(f"  - {reason}")
+        terminalreporter.write_line(f"holder: {run.holder.name} ({run.holder.source})")
         minutes = run.instrument_time_s()
         if minutes is not None:
             terminalreporter.write_line(f"instrument time of the session: {minutes / 60:.1f} min "
@@ -231,15 +267,17 @@ class _RunHooks:
     def pytest_html_results_summary(self, prefix, summary, postfix, session):
         run = self.run
         if run.incomplete:
-            prefix.append(incomplete_html(run.incomplete, str(run.session_path)))
-        if run.certificate is None:
+            prefix.append(incomplete_html(run.incomplete, None if run.session_path is None else str(run.session_path)))
+        if run.verdict is None:
             return
+        figures = run.figures()
         prefix.append(certificate_html(
-            run.certificate, run.checks, microscope=run.microscope_name,
-            holder=f"{run.holder.name} ({run.holder.key})",
-            date_utc=run.started.strftime("%Y-%m-%d %H:%M:%S"), source=run.source_detail,
-            session_path=str(run.session_path),
+            run.verdict, run.certificate, run.checks, microscope=run.microscope_name,
+            holder=f"{run.holder.name} ({run.holder.key})", holder_source=run.holder.source,
+            measured_utc=run.measured_utc, analysed_utc=run.started.isoformat(timespec="seconds"),
+            source=run.source_detail, session_path=None if run.session_path is None else str(run.session_path),
             results_path=str(self.results_path) if self.results_path else None,
-            instrument_time_s=run.instrument_time_s(), figures=run.figures(),
+            instrument_time_s=run.instrument_time_s(), stage_to_image=stage_to_image_json(run.analysis),
+            figures=figures, captions={name: figure_module.figure_caption(name) for name in figures},
             not_registered=run.analysis.failed,
         ))

@@ -53,7 +53,7 @@ PROTOCOL_NAMES = ("hysteresis-x", "hysteresis-y", "cross", "dwell", "tilt-alpha"
 
 FAMILIES = {
     "hysteresis": ("hysteresis-x", "hysteresis-y"),
-    "repeatability": ("hysteresis-x", "hysteresis-y"),
+    "repeatability": ("hysteresis-x", "hysteresis-y", "cross"),
     "coupling": ("cross",),
     "drift": ("dwell",),
     "tilt": ("tilt-alpha", "tilt-beta"),

@@ -11,12 +11,13 @@ import html
 import json
 import math
 from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from .analysis import AXIS_NAMES, Analysis
-from .certification import PAIR_LABELS, Certificate, Check
+from .certification import PAIR_LABELS, Certificate, Check, Verdict, format_interval, format_value
 from .figures import png_base64
 
 RESULTS_SCHEMA = "stage-acceptance/results"
@@ -43,7 +44,47 @@ def _clean(value):
     return value
 
 
-def results_json(analysis: Analysis, certificate: Certificate, checks: dict[str, Check], *,
+def stage_to_image_json(analysis: Analysis) -> dict:
+    """results-v1 ``stage_to_image``, with how it was obtained and what follows from it.
+
+    ``rotation_deg`` and ``flip_y`` are null when unknown. For an estimated rotation,
+    ``note`` says that an antisymmetric coupling cannot be told from it, and
+    ``skew_bound_deg`` gives the largest skew the session's 95 % interval allows,
+    which bounds the coupling the analysis can see: ``|x_to_y + y_to_x| <=
+    tan(skew_bound_deg)``.
+    """
+    s2i = analysis.stage_to_image
+    known = s2i.status != "unknown"
+    document = {
+        "rotation_deg": s2i.value.rotation_deg if known else None,
+        "flip_y": s2i.value.flip_y if known else None,
+        "estimated": s2i.status == "estimated",
+        "status": s2i.status,
+        "rotation_ci95": s2i.rotation_ci95,
+    }
+    if s2i.status == "unknown":
+        document["note"] = f"unknown: {s2i.reason}; metrics that need the stage axes in the image are not measured"
+    elif s2i.status == "estimated":
+        document.update(rotation_note(analysis))
+    return document
+
+
+def rotation_note(analysis: Analysis) -> dict:
+    """What an estimated rotation hides: ``note`` and ``skew_bound_deg`` (None without a skew)."""
+    skew = analysis.metrics["coupling.skew_deg"]
+    bound = None if skew.ci95 is None else max(abs(skew.ci95[0]), abs(skew.ci95[1]))
+    note = ("the stage-to-image rotation was estimated from the moves: a coupling that turns both stage axes "
+            "alike (x_to_y = -y_to_x) cannot be told from that rotation and is absorbed into it, so the coupling "
+            "slopes show only the part the skew measures")
+    if bound is not None:
+        note += (f"; the skew is at most {bound:.3f} deg (95 %), so |x_to_y + y_to_x| <= "
+                 f"{math.tan(math.radians(bound)):.2g}; give [stage_to_image] from a calibration to measure the rest")
+    else:
+        note += "; give [stage_to_image] from a calibration to measure it"
+    return {"note": note, "skew_bound_deg": bound}
+
+
+def results_json(analysis: Analysis, certificate: Certificate, checks: dict[str, Check], verdict: Verdict, *,
                  microscope: str, holder: str, source: str, session_path: str,
                  tests: dict[str, int], extra: dict | None = None) -> dict:
     """The results-v1 document of a run.
@@ -54,6 +95,8 @@ def results_json(analysis: Analysis, certificate: Certificate, checks: dict[str,
     certificate : Certificate
     checks : dict of Check
         Every metric against its tolerance (kept under the additional key ``checks``).
+    verdict : Verdict
+        The run's one verdict (key ``verdict``, and its reasons ``verdict_reasons``).
     microscope, holder : str
         Names of the instrument and holder.
     source : {"live", "replay"}
@@ -72,9 +115,12 @@ def results_json(analysis: Analysis, certificate: Certificate, checks: dict[str,
     if source not in ("live", "replay"):
         raise ValueError(f"source must be 'live' or 'replay', got {source!r}")
     pairs = {
-        name: {"agree": verdict.agree, "consistent": verdict.consistent, "rms_nm": verdict.rms_nm}
-        for name, verdict in certificate.pairs.items()
+        name: {"agree": v.agree, "consistent": v.consistent, "rms_nm": v.rms_nm, "rms_ci95": v.rms_ci95,
+               "decided": v.decided, "marginal": bool(v.marginal),
+               "missing": [f"{what}: {why}" for what, why in v.missing]}
+        for name, v in certificate.pairs.items()
     }
+    steps = analysis.steps
     document = {
         "schema": RESULTS_SCHEMA,
         "version": RESULTS_VERSION,
@@ -82,33 +128,39 @@ def results_json(analysis: Analysis, certificate: Certificate, checks: dict[str,
         "holder": holder,
         "source": source,
         "session": session_path,
+        "verdict": verdict.word,
+        "verdict_headline": verdict.headline,
+        "verdict_reasons": list(verdict.why),
         "certification": {
             "case": certificate.case,
             "title": certificate.title,
             "accepted": certificate.accepted,
             "reasons": list(certificate.reasons),
+            "missing": list(certificate.missing),
+            "marginal": list(certificate.marginal),
         },
         "pairs": pairs,
         "axes": {axis: asdict(analysis.axes[axis]) for axis in AXIS_NAMES},
         "coupling": asdict(analysis.coupling),
         "drift_nm_per_min": analysis.drift_nm_per_min,
-        "tilt": {name: asdict(metrics) for name, metrics in analysis.tilt.items()},
-        "stage_to_image": {
-            "rotation_deg": analysis.transform.rotation_deg,
-            "flip_y": analysis.transform.flip_y,
-            "estimated": analysis.transform_estimated,
-        },
+        "tilt": {name: {"shift_nm_per_deg": m.shift_nm_per_deg, "backlash_deg": m.backlash_deg,
+                        "direction": m.direction, "steps": m.steps} for name, m in analysis.tilt.items()},
+        "stage_to_image": stage_to_image_json(analysis),
         "frames": analysis.frames,
         "tests": {key: int(tests.get(key, 0)) for key in ("passed", "failed", "skipped")},
         "checks": {
-            name: {"value": c.value, "unit": c.unit, "limit": c.limit, "passed": c.passed}
+            name: {"label": c.label, "value": c.value, "unit": c.unit, "limit": c.limit, "passed": c.passed,
+                   "ci95": c.ci95, "marginal": c.marginal, "margin": c.margin or None,
+                   "evidence": c.evidence, "interval_method": c.method or None,
+                   "not_measured": c.reason or None}
             for name, c in checks.items()
         },
         "steps": {
-            "total": len(analysis.steps),
-            "registered": int(analysis.steps.registered.sum()),
-            "reversal": int(np.sum(analysis.steps.kind == "reversal")),
-            "plain": int(np.sum(analysis.steps.kind == "plain")),
+            "total": len(steps),
+            "translation": int(steps.translation.sum()),
+            "registered": int(steps.registered.sum()),
+            "reversal": int(np.sum(steps.kind == "reversal")),
+            "plain": int(np.sum(steps.kind == "plain")),
             "not_registered": list(analysis.failed),
         },
     }
@@ -128,30 +180,92 @@ def write_json(document: dict, path: str | Path) -> Path:
 # --------------------------------------------------------------------------- HTML
 
 
-def _fmt(value: float | None, unit: str) -> str:
-    if value is None:
-        return "not measured"
-    return f"{value:.4g} {unit}".strip()
+VERDICT_COLOURS = {"accepted": "#1a7f37", "not accepted": "#b42318", "not certified": "#8a6d00",
+                   "incomplete": "#b42318"}
+
+PAGE_CSS = """
+body { display: flex; flex-direction: column; }
+#results-table { order: 1; }
+#environment-header, #environment { order: 2; }
+footer { order: 3; }
+.summary__data > h2 { display: none; }
+#stage-acceptance-certificate table { border-collapse: collapse; margin: 4px 0 10px 0; }
+#stage-acceptance-certificate td, #stage-acceptance-certificate th { border: 1px solid #bbb; padding: 3px 6px;
+  text-align: left; vertical-align: top; }
+#stage-acceptance-certificate td.num { text-align: right; white-space: nowrap; }
+#stage-acceptance-certificate .fail { color: #b42318; font-weight: bold; }
+#stage-acceptance-certificate .marginal { color: #8a6d00; font-weight: bold; }
+#stage-acceptance-certificate .muted { color: #666; }
+#stage-acceptance-certificate figure { margin: 10px 0 18px 0; }
+#stage-acceptance-certificate figcaption { max-width: 900px; }
+"""
+"""pytest-html puts its environment table above the summary; this puts the certificate
+(in the summary) first and the environment last."""
 
 
-def certificate_html(certificate: Certificate, checks: dict[str, Check], *, microscope: str, holder: str,
-                     date_utc: str, source: str, session_path: str, results_path: str | None,
-                     instrument_time_s: float | None, figures: dict[str, bytes],
+def utc_text(iso: str | None) -> str | None:
+    """``2026-11-24 00:36:58 UTC`` from an ISO 8601 time (as written); None stays None."""
+    if not iso:
+        return None
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def figure_anchor(name: str) -> str:
+    """The id of a figure in the certificate block (tests link to it)."""
+    return f"figure-{name}"
+
+
+def _evidence_text(evidence: dict) -> str:
+    """``6 reversal steps, 18 plain steps``; ``3 frames spanning 60 s``."""
+    parts = []
+    for key, value in evidence.items():
+        if key == "span_s":
+            parts.append(f"spanning {value:g} s")
+        else:
+            parts.append(f"{value} {key.replace('_', ' ')}")
+    return ", ".join(parts)
+
+
+def certificate_html(verdict: Verdict, certificate: Certificate, checks: dict[str, Check], *, microscope: str,
+                     holder: str, holder_source: str, measured_utc: str | None, analysed_utc: str, source: str,
+                     session_path: str | None, results_path: str | None, instrument_time_s: float | None,
+                     stage_to_image: dict, figures: dict[str, bytes], captions: dict[str, tuple[str, str]],
                      not_registered: list[str] = ()) -> str:
     """The certificate block at the top of the HTML report (self-contained HTML).
 
+    The verdict comes first, in one line, then why; then what the verdict rests on
+    (instrument, holder and who chose it, dates, recording), the position pairs and
+    every metric with its interval and evidence, and each figure once.
+
     Parameters
     ----------
+    verdict : Verdict
     certificate : Certificate
     checks : dict of Check
-    microscope, holder, date_utc, source, session_path : str
-        What is certified, when and from which recording.
-    results_path : str or None
-        Where the results JSON was written.
+    microscope, holder, holder_source : str
+        The instrument, the holder that judged it, and where that holder came from.
+    measured_utc : str or None
+        When the instrument was measured (a replay: from the recording).
+    analysed_utc : str
+        When this analysis ran.
+    source : str
+        ``live``, ``live via tcp://...`` or ``replay``.
+    session_path, results_path : str or None
+        The recording and the results JSON.
     instrument_time_s : float or None
-        Instrument time of the session (from the frame times), if known.
+        Instrument time of the session.
+    stage_to_image : dict
+        results-v1 ``stage_to_image`` (:func:`stage_to_image_json`).
     figures : dict of bytes
-        PNG figures to embed, by name.
+        PNG figures by name, each embedded once, with the id :func:`figure_anchor`.
+    captions : dict
+        ``name -> (title, caption)`` of every figure.
     not_registered : list of str
         Frame pairs that could not be registered, with the reason (left out).
 
@@ -161,58 +275,97 @@ def certificate_html(certificate: Certificate, checks: dict[str, Check], *, micr
         An HTML fragment.
     """
     e = html.escape
-    colour = "#1a7f37" if certificate.accepted else "#b42318"
-    verdict = "ACCEPTED" if certificate.accepted else "NOT ACCEPTED"
-    heading = e(certificate.title) if certificate.case is None else f"Case {e(certificate.case)}: {e(certificate.title)}"
-    if certificate.case is None:
-        colour, verdict = "#8a6d00", "NO CASE"
+    colour = VERDICT_COLOURS[verdict.word]
+    why = "".join(f"<li>{e(line)}</li>" for line in verdict.why)
+    s2i = stage_to_image
+    if s2i["status"] == "calibrated":
+        s2i_text = f"calibrated: rotation {s2i['rotation_deg']:.2f} deg, flip_y {str(s2i['flip_y']).lower()}"
+    elif s2i["status"] == "estimated":
+        low, high = s2i["rotation_ci95"]
+        s2i_text = (f"estimated from the moves: rotation {s2i['rotation_deg']:.2f} deg (95 % CI {low:.2f} to "
+                    f"{high:.2f} deg), flip_y {str(s2i['flip_y']).lower()}. {s2i['note']}")
+    else:
+        s2i_text = s2i["note"]
+    facts = [
+        ("Instrument", f"<b>{e(microscope)}</b>"),
+        ("Holder", f"<b>{e(holder)}</b> ({e(holder_source)})"),
+        ("Measured", e(utc_text(measured_utc) or "not recorded in the recording")),
+        ("Analysed", e(utc_text(analysed_utc))),
+        ("Source", e(source)),
+        ("Session recording", f"<code>{e(session_path)}</code>" if session_path else "none kept"),
+        ("Results JSON", f"<code>{e(results_path)}</code>" if results_path else "not written"),
+        ("Instrument time", "unknown" if instrument_time_s is None else f"{instrument_time_s / 60:.1f} min"),
+        ("Stage-to-image", e(s2i_text)),
+    ]
+    fact_rows = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in facts)
+
+    def yes_no(value):
+        return "undecided" if value is None else ("yes" if value else "<span class=fail>no</span>")
+
+    pair_rows = []
+    for name, pair in certificate.pairs.items():
+        notes = [e(f"{what}: {reason}") for what, reason in pair.missing] + \
+                [f"<span class=marginal>{e(note)}</span>" for note in pair.marginal]
+        interval = "" if pair.rms_ci95 is None else f"{pair.rms_ci95[0]:.1f} to {pair.rms_ci95[1]:.1f} nm"
+        rms = "not measured" if pair.rms_nm is None else f"{pair.rms_nm:.1f} nm"
+        pair_rows.append(f"<tr><td>{e(PAIR_LABELS[name])}</td><td class=num>{rms}</td><td class=num>{interval}</td>"
+                         f"<td>{yes_no(pair.agree)}</td><td>{yes_no(pair.consistent)}</td>"
+                         f"<td>{'<br>'.join(notes)}</td></tr>")
     rows = []
     for check in checks.values():
-        state = "not measured" if check.passed is None else ("pass" if check.passed else "FAIL")
-        style = "" if check.passed is not False else ' style="color:#b42318;font-weight:bold"'
-        limit = "none set" if check.limit is None else f"&le; {check.limit:g} {e(check.unit)}"
-        if check.limit is None:
-            state = "not judged"
-        rows.append(f"<tr><td>{e(check.name)}</td><td>{e(_fmt(check.value, check.unit))}</td>"
-                    f"<td>{limit}</td><td{style}>{state}</td></tr>")
-    pair_rows = []
-    for name, verdict_ in certificate.pairs.items():
-        pair_rows.append(f"<tr><td>{e(PAIR_LABELS[name])}</td><td>{_fmt(verdict_.rms_nm, 'nm')}</td>"
-                         f"<td>{'yes' if verdict_.agree else 'no'}</td><td>{'yes' if verdict_.consistent else 'no'}</td></tr>")
-    reasons = "".join(f"<li>{e(r)}</li>" for r in certificate.reasons)
-    images = "".join(
-        f'<figure style="display:inline-block;margin:6px"><img alt="{e(name)}" style="max-width:900px" '
-        f'src="data:image/png;base64,{png_base64(png)}"><figcaption>{e(name)}</figcaption></figure>'
-        for name, png in figures.items()
-    )
-    minutes = "" if instrument_time_s is None else f"<br>Instrument time of the session: {instrument_time_s / 60:.1f} min"
-    results = "" if results_path is None else f"<br>Results JSON: <code>{e(results_path)}</code>"
+        if check.value is None:
+            state, css, rests = "not measured", "muted", e(check.reason)
+        else:
+            rests = e(_evidence_text(check.evidence)) + (f" <span class=muted>({e(check.method)})</span>"
+                                                         if check.method else "")
+            if check.limit is None:
+                state, css = "not judged (no tolerance)", "muted"
+            elif not check.passed:
+                state, css = "FAIL", "fail"
+            else:
+                state, css = "pass", ""
+            if check.marginal:
+                state, css = f"{state}, marginal", "marginal" if check.passed else "fail"
+                rests += f"<br><span class=marginal>{e(check.margin)}</span>"
+        value = "&ndash;" if check.value is None else e(format_value(check.value, check.unit))
+        interval = e(format_interval(check.ci95, check.unit).replace("95 % CI ", ""))
+        tolerance = "none set" if check.limit is None else e(check.tolerance())
+        rows.append(f"<tr><td>{e(check.label)}</td><td class=num>{value}</td><td class=num>{interval}</td>"
+                    f"<td class=num>{tolerance}</td><td class={css}>{e(state)}</td><td>{rests}</td></tr>")
     left_out = ""
     if not_registered:
         items = "".join(f"<li>{e(text)}</li>" for text in not_registered)
         left_out = (f"<h3>Frame pairs left out ({len(not_registered)})</h3>"
                     f"<p>These pairs could not be registered; their actual displacement is not used.</p><ul>{items}</ul>")
+    images = []
+    for name, png in figures.items():
+        title, caption = captions.get(name, (name, ""))
+        images.append(f'<figure id="{figure_anchor(name)}"><figcaption><b>{e(title)}</b></figcaption>'
+                      f'<img alt="{e(title)}" style="max-width:100%" src="data:image/png;base64,{png_base64(png)}">'
+                      f'<figcaption>{e(caption)}</figcaption></figure>')
+    case = ("no case certified" if certificate.case is None
+            else f"case {certificate.case}: {certificate.title}")
     return f"""
+<style>{PAGE_CSS}</style>
 <div id="stage-acceptance-certificate" style="border:3px solid {colour};padding:12px;margin:8px 0;color:#111">
-<h2 style="margin-top:0">{heading} &mdash; <span style="color:{colour}">{verdict}</span></h2>
-<p><b>{e(certificate.meaning)}</b></p>
-<p>Instrument: <b>{e(microscope)}</b> &middot; Holder: <b>{e(holder)}</b> &middot; Date (UTC): {e(date_utc)}
- &middot; Source: {e(source)}<br>Session recording: <code>{e(session_path)}</code>{results}{minutes}</p>
-<ul style="color:#111">{reasons}</ul>
-<h3>Position pairs</h3>
-<table border="1" cellpadding="3" style="border-collapse:collapse">
-<tr><th>pair</th><th>RMS per step</th><th>agree</th><th>consistent</th></tr>{''.join(pair_rows)}</table>
+<h2 style="margin-top:0;color:{colour}" id="stage-acceptance-verdict">{e(verdict.headline)}</h2>
+<p><b>{e(case)}.</b> {e(certificate.meaning)}</p>
+<ul>{why}</ul>
+<table>{fact_rows}</table>
+<h3>Position pairs (target, reported, actual)</h3>
+<table><tr><th>pair</th><th>RMS per step</th><th>95 % interval</th><th>agree</th><th>consistent</th><th>notes</th></tr>
+{''.join(pair_rows)}</table>
 <h3>Metrics</h3>
-<table border="1" cellpadding="3" style="border-collapse:collapse">
-<tr><th>metric</th><th>value</th><th>tolerance</th><th>verdict</th></tr>{''.join(rows)}</table>
+<table><tr><th>metric</th><th>value</th><th>95 % interval</th><th>tolerance</th><th>verdict</th><th>rests on</th></tr>
+{''.join(rows)}</table>
 {left_out}
 <h3>Figures</h3>
-{images}
+{''.join(images)}
 </div>
 """
 
 
-def incomplete_html(reason: str, session_path: str) -> str:
+def incomplete_html(reason: str, session_path: str | None) -> str:
     """A banner for a run that ended before its last frame (HTML fragment).
 
     Whatever follows it (metrics, case) rests on the frames taken before the stop.
@@ -220,5 +373,5 @@ def incomplete_html(reason: str, session_path: str) -> str:
     e = html.escape
     return (f'<div id="stage-acceptance-incomplete" style="border:3px solid #b42318;padding:12px;margin:8px 0;'
             f'color:#111"><h2 style="margin-top:0;color:#b42318">INCOMPLETE RUN</h2><p>{e(reason)}.</p>'
-            f'<p>Session recording: <code>{e(session_path)}</code>. Any metrics and case below come from '
-            f'the frames taken before the stop and certify nothing.</p></div>')
+            f'<p>Session recording: {"none kept" if session_path is None else f"<code>{e(session_path)}</code>"}. '
+            f'Any metrics and case below come from the frames taken before the stop and certify nothing.</p></div>')

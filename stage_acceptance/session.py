@@ -38,7 +38,8 @@ class Frame:
 
     index: int
     time_s: float
-    target: StagePosition
+    target: StagePosition | None
+    """None where the acquiring tool did not record the command (recording-v1 ``null``)."""
     reported: StagePosition
     image: str
     protocol: str | None = None
@@ -48,7 +49,7 @@ class Frame:
         record = {
             "index": self.index,
             "time_s": self.time_s,
-            "target": self.target.as_dict(),
+            "target": None if self.target is None else self.target.as_dict(),
             "reported": self.reported.as_dict(),
             "image": self.image,
         }
@@ -110,8 +111,10 @@ class Session:
         return self._images[index]
 
     def targets_nm(self) -> np.ndarray:
-        """``(n_frames, 5)`` array of targets (x, y, z nm, alpha, beta deg)."""
-        return np.array([f.target.as_array() for f in self.frames]).reshape(-1, 5)
+        """``(n_frames, 5)`` array of targets (x, y, z nm, alpha, beta deg); NaN rows
+        for frames without a recorded target."""
+        return np.array([np.full(5, np.nan) if f.target is None else f.target.as_array()
+                         for f in self.frames]).reshape(-1, 5)
 
     def reported_nm(self) -> np.ndarray:
         """``(n_frames, 5)`` array of reported positions."""
@@ -165,7 +168,7 @@ FRAME_SCHEMA = {
     "properties": {
         "index": {"type": "integer", "minimum": 0},
         "time_s": {"type": "number"},
-        "target": _position_schema,
+        "target": {"anyOf": [_position_schema, {"type": "null"}]},
         "reported": _position_schema,
         "image": {"type": "string", "minLength": 1},
         "protocol": {"type": "string"},
@@ -256,7 +259,7 @@ def read_recording(directory: str | Path) -> Session:
                 Frame(
                     index=record["index"],
                     time_s=float(record["time_s"]),
-                    target=StagePosition.from_dict(record["target"]),
+                    target=None if record["target"] is None else StagePosition.from_dict(record["target"]),
                     reported=StagePosition.from_dict(record["reported"]),
                     image=record["image"],
                     protocol=record.get("protocol"),
@@ -273,6 +276,7 @@ def read_recording(directory: str | Path) -> Session:
 
 def _write_json_atomic(path: Path, data: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".session-", suffix=".json")
+    os.chmod(tmp, 0o644)  # readable by colleagues, like every other file of the recording
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2, allow_nan=False)
         handle.write("\n")
@@ -321,6 +325,19 @@ class RecordingWriter:
         self._images[index] = np.asarray(image)
         return frame
 
+    def discard(self) -> None:
+        """Remove the folder of a recording that holds no frame (a run refused at once)."""
+        if self.frames:
+            raise RuntimeError(f"{self.directory}: holds {len(self.frames)} frame(s); not discarded")
+        self.close()
+        for path in (self.directory / "frames.jsonl", self.directory / "session.json"):
+            path.unlink(missing_ok=True)
+        for folder in (self.directory / "images", self.directory):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something else lives there; leave it
+                return
+
     def close(self) -> Session:
         """Close the folder and return the session (images kept in memory)."""
         if not self._frames_handle.closed:
@@ -332,6 +349,12 @@ class RecordingWriter:
 
 ProgressFn = Callable[[str, int, int], None]
 """``progress(protocol_name, frames_done, frames_total)``."""
+
+
+def plan_visits(protocols: Iterable[Protocol], origin: StagePosition) -> list[tuple[Protocol, object, StagePosition]]:
+    """Every visit of the protocols with its absolute target: ``(protocol, visit, target)``."""
+    return [(protocol, visit, StagePosition.from_array(origin.as_array() + visit.offset.as_array()))
+            for protocol in protocols for visit in protocol.visits]
 
 
 def run_protocols(microscope: Envelope, protocols: Iterable[Protocol], writer: RecordingWriter, *,
@@ -369,11 +392,7 @@ def run_protocols(microscope: Envelope, protocols: Iterable[Protocol], writer: R
         raise ValueError(f"settle_s must be >= 0, got {settle_s}")
     if origin is None:
         origin = microscope.position()
-    plan = []
-    for protocol in protocols:
-        for visit in protocol.visits:
-            target = StagePosition.from_array(origin.as_array() + visit.offset.as_array())
-            plan.append((protocol, visit, target))
+    plan = plan_visits(protocols, origin)
     microscope.check_all(target for _, _, target in plan)
 
     t0 = None

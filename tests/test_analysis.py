@@ -5,8 +5,8 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 from stage_acceptance.analysis import (
-    classify_steps, coupling, drift_velocity_nm_per_min, estimate_stage_to_image, lost_motion, tilt_response,
-    pair_rms_nm, repeatability_nm, step_axis,
+    MIN_EVIDENCE, classify_steps, coupling, drift, estimate_stage_to_image, lost_motion, pair_rms_nm,
+    repeatability_nm, step_axis, tilt_response,
 )
 from stage_acceptance.config import SimConfig
 from stage_acceptance.geometry import StagePosition, StageToImage, stage_nm_to_image_px
@@ -39,29 +39,46 @@ def test_lost_motion_recovers_the_dead_band_and_scale_of_a_noiseless_stage(backl
     d_t, d_a = np.diff(targets), np.diff(actual)
     axis = np.zeros(len(d_t), dtype=int)
     kind = classify_steps(axis, np.sign(d_t).astype(int))
-    assume(np.any(kind == "plain") and np.any(kind == "reversal"))
+    assume(np.sum(kind == "plain") >= MIN_EVIDENCE["plain_steps"])
+    assume(np.sum(kind == "reversal") >= MIN_EVIDENCE["reversal_steps"])
     result = lost_motion(d_t, d_a, kind)
-    assert result.backlash_nm == pytest.approx(backlash, abs=1e-6)
-    assert result.scale_error == pytest.approx(scale, abs=1e-9)
-    if result.step_scatter_nm is not None:
-        assert result.step_scatter_nm == pytest.approx(0.0, abs=1e-6)
+    assert result.backlash_nm.value == pytest.approx(backlash, abs=1e-6)
+    assert result.scale_error.value == pytest.approx(scale, abs=1e-9)
+    assert result.step_scatter_nm.value == pytest.approx(0.0, abs=1e-6)
+    low, high = result.backlash_nm.ci95
+    assert low - 1e-6 <= backlash <= high + 1e-6
 
 
 def test_lost_motion_worked_example():
-    # plain steps 1000 -> 990 (L = 10), reversal -1000 -> -900 (L = 100): backlash 90
-    d_t = np.array([1000.0, 1000.0, -1000.0, -1000.0])
-    d_a = np.array([990.0, 990.0, -900.0, -990.0])
-    kind = np.array(["first", "plain", "reversal", "plain"])
+    # plain steps 1000 -> 990 (L = 10), reversals 1000 -> 900 (L = 100): backlash 90
+    d_t = np.array([1000.0, 1000.0, 1000.0, -1000.0, -1000.0, -1000.0, 1000.0, 1000.0])
+    d_a = np.array([990.0, 990.0, 990.0, -900.0, -990.0, -990.0, 900.0, 990.0])
+    kind = np.array(["first", "plain", "plain", "reversal", "plain", "plain", "reversal", "plain"])
     result = lost_motion(d_t, d_a, kind)
-    assert result.backlash_nm == pytest.approx(90.0)
-    assert result.scale_error == pytest.approx(-0.01)
-    assert result.step_scatter_nm == pytest.approx(0.0)
-    assert (result.reversal_steps, result.plain_steps) == (1, 2)
+    assert result.backlash_nm.value == pytest.approx(90.0)
+    assert result.backlash_nm.ci95 == pytest.approx((90.0, 90.0))  # no scatter: the interval is a point
+    assert result.backlash_nm.evidence == {"reversal_steps": 2, "plain_steps": 5}
+    assert result.scale_error.value == pytest.approx(-0.01)
+    assert result.step_scatter_nm.value == pytest.approx(0.0)
+    assert (result.reversal_steps, result.plain_steps) == (2, 5)
+
+
+def test_lost_motion_below_the_minimum_evidence_is_not_measured_and_says_why():
+    d_t = np.array([1000.0, 1000.0, -1000.0, -1000.0, -1000.0, -1000.0])
+    d_a = np.array([990.0, 990.0, -900.0, -990.0, -990.0, -990.0])
+    kind = np.array(["first", "plain", "reversal", "plain", "plain", "plain"])
+    result = lost_motion(d_t, d_a, kind, "registered steps along x")
+    assert result.backlash_nm.value is None and result.backlash_nm.ci95 is None
+    assert result.backlash_nm.reason == ("needs >= 2 reversal and >= 4 plain registered steps along x; "
+                                         "the session has 1 reversal and 4 plain")
+    assert result.scale_error.value == pytest.approx(-0.01)  # 4 plain steps suffice for the scale
 
 
 def test_lost_motion_without_reversals_has_no_backlash():
-    result = lost_motion(np.array([1.0, 1.0, 1.0]), np.array([1.0, 1.1, 0.9]), np.array(["first", "plain", "plain"]))
-    assert result.backlash_nm is None and result.scale_error == pytest.approx(0.0)
+    ones = np.ones(5)
+    result = lost_motion(ones, np.array([1.0, 1.1, 0.9, 1.0, 1.0]), np.array(["first"] + ["plain"] * 4))
+    assert result.backlash_nm.value is None and "0 reversal" in result.backlash_nm.reason
+    assert result.scale_error.value == pytest.approx(0.0)
 
 
 def test_classify_steps_per_axis_memory():
@@ -114,37 +131,57 @@ def test_rotation_needs_two_directions():
 @settings(max_examples=40, deadline=None)
 @given(x_to_y=st.floats(-0.05, 0.05), y_to_x=st.floats(-0.05, 0.05), sx=st.floats(-0.05, 0.05))
 def test_coupling_slopes_and_skew(x_to_y, y_to_x, sx):
-    d_t = np.array([[1000.0, 0], [1000.0, 0], [-1000.0, 0], [0, 1000.0], [0, -1000.0], [0, -1000.0]])
+    d_t = np.array([[1000.0, 0], [1000.0, 0], [-1000.0, 0], [-1000.0, 0],
+                    [0, 1000.0], [0, -1000.0], [0, -1000.0], [0, 1000.0]])
     transfer = np.array([[1 + sx, y_to_x], [x_to_y, 1.0]])
     d_a = d_t @ transfer.T
-    axis = np.array([0, 0, 0, 1, 1, 1])
+    axis = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     result = coupling(d_t, d_a, axis)
-    assert result.x_to_y == pytest.approx(x_to_y, abs=1e-12)
-    assert result.y_to_x == pytest.approx(y_to_x, abs=1e-12)
+    assert result.x_to_y.value == pytest.approx(x_to_y, abs=1e-12)
+    assert result.y_to_x.value == pytest.approx(y_to_x, abs=1e-12)
     expected = np.degrees(np.arccos(np.dot(transfer[:, 0], transfer[:, 1])
                                     / np.linalg.norm(transfer[:, 0]) / np.linalg.norm(transfer[:, 1]))) - 90
-    assert result.skew_deg == pytest.approx(expected, abs=1e-9)
+    assert result.skew_deg.value == pytest.approx(expected, abs=1e-9)
+    assert result.skew_deg.ci95 == pytest.approx((expected, expected), abs=1e-9)  # exact data: a point
+
+
+def test_coupling_needs_four_registered_steps_per_axis():
+    d_t = np.array([[1000.0, 0], [-1000.0, 0], [1000.0, 0], [0, 1000.0], [0, -1000.0], [0, 1000.0], [0, 1000.0]])
+    result = coupling(d_t, d_t * 1.01, np.array([0, 0, 0, 1, 1, 1, 1]))
+    assert result.x_to_y.value is None and "3" in result.x_to_y.reason
+    assert result.y_to_x.value == pytest.approx(0.0)
+    assert result.skew_deg.value is None and "both axes" in result.skew_deg.reason
 
 
 def test_skew_does_not_depend_on_a_rotation_of_the_measurements():
-    d_t = np.array([[1000.0, 0], [-1000.0, 0], [0, 1000.0], [0, -1000.0]])
+    d_t = np.array([[1000.0, 0], [-1000.0, 0], [1000.0, 0], [-1000.0, 0],
+                    [0, 1000.0], [0, -1000.0], [0, 1000.0], [0, -1000.0]])
     d_a = d_t @ np.array([[1.0, 0.01], [0.004, 1.0]]).T
-    axis = np.array([0, 0, 1, 1])
+    axis = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     theta = np.radians(23.0)
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-    assert coupling(d_t, d_a @ rot.T, axis).skew_deg == pytest.approx(coupling(d_t, d_a, axis).skew_deg)
+    assert coupling(d_t, d_a @ rot.T, axis).skew_deg.value == pytest.approx(coupling(d_t, d_a, axis).skew_deg.value)
 
 
 def test_pair_rms_skips_unmeasured_steps():
-    ref = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 0.0]])
-    meas = np.array([[3.0, 4.0], [np.nan, np.nan], [0.0, 0.0]])
-    assert pair_rms_nm(ref, meas) == pytest.approx(np.sqrt(25 / 2))
+    ref = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    meas = np.array([[3.0, 4.0], [np.nan, np.nan], [0.0, 0.0], [3.0, 4.0], [0.0, 0.0]])
+    rms = pair_rms_nm(ref, meas)
+    assert rms.value == pytest.approx(np.sqrt(50 / 4))
+    assert rms.evidence == {"pair_steps": 4}
+    assert rms.ci95[0] <= rms.value <= rms.ci95[1]
+    assert pair_rms_nm(ref[:3], meas[:3]).value is None
 
 
-def test_repeatability_is_four_sigma_of_the_worst_target():
-    deviations = [np.array([0.0, 1.0, 2.0]), np.array([0.0, 10.0])]
-    assert repeatability_nm(deviations) == pytest.approx(4 * np.std([0.0, 10.0], ddof=1))
-    assert repeatability_nm([np.array([0.0])]) is None
+def test_repeatability_is_four_sigma_of_the_worst_target_visited_three_times():
+    deviations = [np.array([0.0, 1.0, 2.0]), np.array([0.0, 10.0, 5.0]), np.array([0.0, -1.0, 1.0]),
+                  np.array([0.0, 100.0])]  # visited twice: not counted
+    result = repeatability_nm(deviations)
+    assert result.value == pytest.approx(4 * np.std([0.0, 10.0, 5.0], ddof=1))
+    assert result.evidence == {"targets": 3, "visits": 9}
+    assert result.ci95[0] < result.value < result.ci95[1]
+    assert repeatability_nm(deviations[:2]).value is None
+    assert repeatability_nm([np.array([0.0, 1.0, np.nan])] * 3).value is None  # unregistered visits do not count
 
 
 @given(vx=st.floats(-20, 20), vy=st.floats(-20, 20), offset=st.floats(-100, 100))
@@ -153,8 +190,18 @@ def test_drift_velocity_is_pooled_over_runs(vx, vy, offset):
     v = np.array([vx, vy]) / 60.0
     p1 = t1[:, None] * v
     p2 = t2[:, None] * v + offset
-    velocity = drift_velocity_nm_per_min([t1, t2], [p1, p2])
-    np.testing.assert_allclose(velocity, [vx, vy], atol=1e-9)
+    result = drift([t1, t2], [p1, p2])
+    np.testing.assert_allclose(result.velocity_nm_per_min, [vx, vy], atol=1e-9)
+    assert result.speed_nm_per_min.value == pytest.approx(np.hypot(vx, vy), abs=1e-9)
+    assert result.speed_nm_per_min.evidence == {"frames": 5, "span_s": 90.0, "runs": 2}
+
+
+def test_drift_needs_three_frames_spanning_a_minute():
+    t = np.array([0.0, 20.0, 40.0])
+    short = drift([t], [np.zeros((3, 2))])
+    assert short.speed_nm_per_min.value is None and "spanning 40 s" in short.speed_nm_per_min.reason
+    two = drift([np.array([0.0, 90.0])], [np.zeros((2, 2))])
+    assert two.speed_nm_per_min.value is None and "has 2" in two.speed_nm_per_min.reason
 
 
 @settings(max_examples=40, deadline=None)

@@ -1,5 +1,6 @@
 """The results-v1 case rule and acceptance."""
 
+import dataclasses
 import itertools
 
 import pytest
@@ -35,6 +36,19 @@ def test_titles():
     assert sorted(CASE_TITLES) == list("abcdef")
 
 
-def test_no_comparable_pair_certifies_nothing():
-    empty = {n: PairVerdict(n, False, True, None, ()) for n in NAMES}
-    assert alignment_case(empty) is None
+@pytest.mark.parametrize("undecided", range(3))
+@pytest.mark.parametrize("how", ["agreement", "consistency", "missing"])
+def test_one_undecided_pair_certifies_nothing(undecided, how):
+    pairs = verdicts((True, True, True))
+    name = NAMES[undecided]
+    changes = {"agreement": {"agree": None, "rms_nm": None}, "consistency": {"consistent": None},
+               "missing": {"missing": (("x step scatter", "needs >= 4 plain steps"),)}}[how]
+    pairs[name] = dataclasses.replace(pairs[name], **changes)
+    assert not pairs[name].decided
+    assert alignment_case(pairs) is None
+
+
+def test_an_undecided_pair_is_not_certified_even_beside_an_inconsistent_one():
+    pairs = verdicts((True, True, True), (False, True, True))
+    pairs["reported_actual"] = dataclasses.replace(pairs["reported_actual"], agree=None)
+    assert alignment_case(pairs) is None

@@ -25,9 +25,11 @@ def test_live_run_certifies_writes_report_results_and_recording(suites, tmp_path
     result = run_suites(suites, f"--microscope={CONFIGS / 'case-a.toml'}", "--html", str(html),
                         "--results-json", str(results), "--record", str(record))
     result.assert_outcomes(passed=21)
-    result.stdout.fnmatch_lines(["*hysteresis-x: moving the stage, 14 frames*", "*case a (Ideal alignment): ACCEPTED*"])
+    result.stdout.fnmatch_lines(["*hysteresis-x: moving the stage, 14 frames*",
+                                 "case-a, holder 'default': ACCEPTED: case a (Ideal alignment), * within tolerance*"])
     document = json.loads(results.read_text())
     assert document["schema"] == "stage-acceptance/results" and document["version"] == 1
+    assert document["verdict"] == "accepted" and document["verdict_headline"].startswith("ACCEPTED: case a")
     assert document["certification"]["case"] == "a" and document["certification"]["accepted"] is True
     assert document["source"] == "live" and document["session"] == str(record)
     assert document["tests"] == {"passed": 21, "failed": 0, "skipped": 0}
@@ -35,15 +37,28 @@ def test_live_run_certifies_writes_report_results_and_recording(suites, tmp_path
                              "pairs", "axes", "coupling", "drift_nm_per_min", "stage_to_image", "frames", "tests"}
     assert set(document["certification"]) >= {"case", "title", "accepted", "reasons"}
     for pair in ("target_reported", "target_actual", "reported_actual"):
-        assert set(document["pairs"][pair]) >= {"agree", "consistent", "rms_nm"}
+        entry = document["pairs"][pair]
+        assert set(entry) >= {"agree", "consistent", "rms_nm", "rms_ci95"}
+        assert entry["rms_ci95"][0] <= entry["rms_nm"] <= entry["rms_ci95"][1]
+    for name, check in document["checks"].items():
+        assert {"ci95", "marginal"} <= set(check), name
+        if check["value"] is not None:
+            low, high = check["ci95"]
+            assert low <= check["value"] <= high, name
     assert set(document["coupling"]) >= {"x_to_y", "y_to_x", "skew_deg"}
-    assert document["stage_to_image"] == {"rotation_deg": 0.0, "flip_y": False, "estimated": False}
+    assert document["stage_to_image"]["status"] == "calibrated"
+    assert {k: document["stage_to_image"][k] for k in ("rotation_deg", "flip_y", "estimated")} == {
+        "rotation_deg": 0.0, "flip_y": False, "estimated": False}
     assert set(document["axes"]["y"]) == set(document["axes"]["x"])
     assert set(document["axes"]["x"]) >= {"backlash_nm", "scale_error", "step_scatter_nm", "reported_backlash_nm",
                                           "reported_scale_error", "repeatability_nm"}
     assert document["frames"] == len(read_recording(record).frames) == 2 * 14 + 25 + 3 + 2 * 14
     page = html.read_text()
-    assert "Case a: Ideal alignment" in page and "ACCEPTED" in page and "data:image/png;base64" in page
+    assert "ACCEPTED: case a (Ideal alignment)" in page
+    images = page.count("data:image/png;base64")
+    assert images == page.count('<figure id="figure-') >= 8  # every figure once, in the certificate
+    # pytest-html writes its environment table first; the report's CSS shows it last
+    assert "#environment-header, #environment { order: 2; }" in page
 
 
 def test_failing_stage_fails_its_tests_and_is_not_accepted(suites, tmp_path):
@@ -53,9 +68,14 @@ def test_failing_stage_fails_its_tests_and_is_not_accepted(suites, tmp_path):
     outcomes = result.parseoutcomes()
     # backlash x and y, and the certification
     assert outcomes["failed"] == 3
-    result.stdout.fnmatch_lines(["*FAILED suites/test_certification.py::test_certified_case_is_accepted*",
-                                 "*FAILED suites/test_hysteresis.py::test_backlash?x?*"])
+    result.stdout.fnmatch_lines([
+        "*_ test_verdict_is_accepted _*", "NOT ACCEPTED: case f (Misalignment: inconsistent) is not *",
+        "*_ test_backlash?x? _*", "Backlash, x = 1* nm (95 % CI 1* to 1* nm), tolerance |.| <= 15 nm: FAIL",
+        "*FAILED suites/test_certification.py::test_verdict_is_accepted*"])
+    # a failure reads like a test report: one line, no Python
+    assert "Check(" not in result.stdout.str() and " at 0x" not in result.stdout.str()
     document = json.loads(results.read_text())
+    assert document["verdict"] == "not accepted"
     assert document["certification"]["case"] == "f" and not document["certification"]["accepted"]
     assert document["pairs"]["target_actual"]["consistent"] is False
     assert document["axes"]["x"]["backlash_nm"] == pytest.approx(150.0, abs=6.0)
@@ -66,13 +86,17 @@ def test_failing_stage_fails_its_tests_and_is_not_accepted(suites, tmp_path):
 
 def test_replay_certifies_a_recording_the_same_way(suites, tmp_path):
     live, replay, record = tmp_path / "live.json", tmp_path / "replay.json", tmp_path / "rec"
-    # case b is accepted, but its 8 % scale error fails the two scale-error tolerances
+    # case b is accepted, but its 8 % scale error fails the two scale-error tolerances, so
+    # the run is not accepted: the two scale-error tests and the verdict fail
     run_suites(suites, f"--microscope={CONFIGS / 'case-b.toml'}", "--results-json", str(live),
-               "--record", str(record)).assert_outcomes(passed=19, failed=2)
+               "--record", str(record)).assert_outcomes(passed=18, failed=3)
     result = run_suites(suites, "--replay", str(record), "--holder", "default", "--results-json", str(replay))
-    result.assert_outcomes(passed=19, failed=2)
+    result.assert_outcomes(passed=18, failed=3)
+    result.stdout.fnmatch_lines(["*NOT ACCEPTED: case b (Misalignment: actual) is accepted, but 2 metric(s) outside "
+                                 "tolerance: Scale error, x, Scale error, y*"])
     a, b = json.loads(live.read_text()), json.loads(replay.read_text())
     assert b["source"] == "replay" and b["microscope"] == "case-b"
+    assert a["verdict"] == b["verdict"] == "not accepted"
     assert a["certification"]["case"] == b["certification"]["case"] == "b"
     assert a["axes"] == b["axes"] and a["coupling"] == b["coupling"]
 
@@ -122,3 +146,71 @@ def test_plugin_is_idle_outside_the_suites(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert not (pytester.path / "reports").exists()
+
+
+def test_drift_and_tilt_need_no_calibration(suites, tmp_path):
+    """-m drift and -m tilt run on a config without [stage_to_image] and certify no case."""
+    text = (CONFIGS / "case-a.toml").read_text().replace("[stage_to_image]\nrotation_deg = 0.0\nflip_y = false\n", "")
+    assert "stage_to_image" not in text
+    config = tmp_path / "uncalibrated.toml"
+    config.write_text(text)
+    for marker, passed in (("drift", 1), ("tilt", 4)):
+        results = tmp_path / f"{marker}.json"
+        result = run_suites(suites, "-m", marker, f"--microscope={config}", "--results-json", str(results))
+        result.assert_outcomes(passed=passed, deselected=21 - passed)
+        result.stdout.fnmatch_lines(["*NOT CERTIFIED: the certification test was not selected*"])
+        document = json.loads(results.read_text())
+        assert document["verdict"] == "not certified" and document["certification"]["case"] is None
+        assert document["stage_to_image"]["status"] == "unknown"
+        assert document["stage_to_image"]["rotation_deg"] is None
+
+
+def test_a_recording_never_chooses_its_holder_file(suites, tmp_path):
+    """A case-f recording that names a lenient holder file by path is judged by the default holder."""
+    record = tmp_path / "rec"
+    run_suites(suites, f"--microscope={CONFIGS / 'case-f.toml'}", "-m", "certification", "--record", str(record))
+    lenient = tmp_path / "lenient.toml"
+    lenient.write_text('name = "lenient"\n[tolerances]\nagreement_nm = 1e6\nconsistency_nm = 1e6\n'
+                       'backlash_nm = 1e6\nscale_error = 1.0\ncoupling = 1.0\nskew_deg = 90.0\n'
+                       'repeatability_nm = 1e6\ndrift_nm_per_min = 1e6\n[limits]\nx_nm = [-1e7, 1e7]\n'
+                       'y_nm = [-1e7, 1e7]\nz_nm = [-1e7, 1e7]\nalpha_deg = [-80, 80]\nbeta_deg = [-80, 80]\n'
+                       '[acceptance]\naccepted_cases = ["a", "b", "c", "d", "e", "f"]\n')
+    meta = json.loads((record / "session.json").read_text())
+    meta["holder"] = str(lenient)
+    (record / "session.json").write_text(json.dumps(meta))
+    results = tmp_path / "replay.json"
+    result = run_suites(suites, "--replay", str(record), "-m", "certification", "--results-json", str(results))
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    document = json.loads(results.read_text())
+    assert document["holder"] == "default" and document["certification"]["case"] == "f"
+    assert document["verdict"] == "not accepted"
+    assert "never chooses a tolerance file" in document["holder_source"]
+    result.stdout.fnmatch_lines(["holder: Generic side-entry holder (the shipped default: the recording names "
+                                 f"holder '{lenient}'*"])
+    # --holder is the user's choice, and the report says so
+    again = run_suites(suites, "--replay", str(record), "-m", "certification", f"--holder={lenient}",
+                       "--results-json", str(results))
+    assert again.ret == pytest.ExitCode.OK
+    assert json.loads(results.read_text())["holder_source"] == f"--holder {lenient}"
+
+
+def test_a_plan_the_holder_refuses_is_a_usage_error_and_moves_nothing(suites, tmp_path):
+    holder = tmp_path / "narrow.toml"
+    holder.write_text('name = "narrow"\n[tolerances]\nagreement_nm = 25.0\nconsistency_nm = 10.0\n'
+                      'backlash_nm = 15.0\nscale_error = 0.01\ncoupling = 0.01\nskew_deg = 0.5\n'
+                      'repeatability_nm = 40.0\ndrift_nm_per_min = 5.0\n[limits]\nx_nm = [-1000.0, 1000.0]\n'
+                      'y_nm = [-1e6, 1e6]\nz_nm = [-2e5, 2e5]\nalpha_deg = [-30, 30]\nbeta_deg = [-25, 25]\n'
+                      '[acceptance]\naccepted_cases = ["a"]\n')
+    record = tmp_path / "rec"
+    result = run_suites(suites, f"--microscope={CONFIGS / 'case-a.toml'}", f"--holder={holder}",
+                        f"--record={record}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *case-a.toml: protocol hysteresis-x * is refused by holder 'narrow': "
+                                 "move refused: x = 1200 nm is outside the holder limit x_nm = ?-1000, 1000?; "
+                                 "nothing was sent to the stage"])
+    assert len(result.stderr.lines) <= 2 and "Traceback" not in result.stderr.str()
+    assert not record.exists()
+    assert not (suites.path / "reports").exists()
+    # a selection that does not go that far is not refused
+    run_suites(suites, f"--microscope={CONFIGS / 'case-a.toml'}", f"--holder={holder}", "-m", "drift",
+               f"--record={record}").assert_outcomes(passed=1, deselected=20)

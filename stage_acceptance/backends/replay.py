@@ -60,6 +60,11 @@ class ReplayMicroscope:
     def __init__(self, session: Session):
         if not session.frames:
             raise ValueError(f"{session.directory}: the recording has no frames to replay")
+        unrecorded = [frame.index for frame in session.frames if frame.target is None]
+        if unrecorded:
+            raise ValueError(f"{session.directory}: frame {unrecorded[0]} has no recorded target (target: null); a "
+                             f"served replay answers the recorded moves, so a readback-only recording cannot be "
+                             f"served (analyse it with pytest suites/ --replay)")
         self.session = session
         self.name = session.microscope
         self.pixel_size_nm = session.pixel_size_nm
