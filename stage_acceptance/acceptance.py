@@ -95,7 +95,7 @@ def recording_holder(session: Session, holder: str | None = None) -> HolderConfi
         For a `holder` that cannot be loaded.
     """
     if holder is not None:
-        return dataclasses.replace(load_holder(holder), source=f"--holder {holder}")
+        return dataclasses.replace(load_holder(holder), source=f"chosen with --holder {holder}")
     named = session.holder
     if named and is_shipped_holder(named):
         return dataclasses.replace(load_holder(named), source=f"the recording names the shipped holder '{named}'")
@@ -222,7 +222,7 @@ class AcceptanceRun:
     @staticmethod
     def _load_holder(holder: str | None, config: MicroscopeConfig) -> HolderConfig:
         if holder is not None:
-            return dataclasses.replace(load_holder(holder), source=f"--holder {holder}")
+            return dataclasses.replace(load_holder(holder), source=f"chosen with --holder {holder}")
         if config.kind != "remote" or "holder" in config.given:
             return dataclasses.replace(load_holder(config.holder),
                                        source=f"named by the microscope config {config.path}")

@@ -361,7 +361,7 @@ MIN_EVIDENCE = {
     "axis_steps": 4,
     "pair_steps": 4,
     "revisited_targets": 3,
-    "visits_per_target": 3,
+    "visits_per_target": 2,
     "drift_frames": 3,
     "drift_span_s": 60.0,
     "tilt_reversal_steps": 2,
@@ -376,7 +376,8 @@ MIN_EVIDENCE = {
 - coupling ``x_to_y`` (``y_to_x``): ``axis_steps`` registered steps along x (y); skew:
   both;
 - repeatability: ``revisited_targets`` targets, each visited ``visits_per_target``
-  times from the same direction (two revisits), registered;
+  times from the same direction (a revisit), registered; targets visited less often
+  are left out;
 - drift: ``drift_frames`` registered frames without a move in between, spanning
   ``drift_span_s`` seconds;
 - tilt: ``tilt_plain_steps`` plain tilt steps for the image shift per degree, and
@@ -933,10 +934,6 @@ def stage_to_image_of(session: Session, registrations: list[PairRegistration]) -
 
     low, high = intervals.bootstrap_interval(statistic, [np.arange(len(usable))], resamples=500)
     return Transform(estimate, "estimated", (estimate.rotation_deg + low, estimate.rotation_deg + high))
-
-
-ORIENTED_METRICS = ("backlash_nm", "scale_error", "step_scatter_nm", "repeatability_nm")
-"""Per-axis metrics of the actual positions that need the stage-to-image orientation."""
 
 
 @dataclass

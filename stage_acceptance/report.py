@@ -73,9 +73,9 @@ def rotation_note(analysis: Analysis) -> dict:
     """What an estimated rotation hides: ``note`` and ``skew_bound_deg`` (None without a skew)."""
     skew = analysis.metrics["coupling.skew_deg"]
     bound = None if skew.ci95 is None else max(abs(skew.ci95[0]), abs(skew.ci95[1]))
-    note = ("the stage-to-image rotation was estimated from the moves: a coupling that turns both stage axes "
-            "alike (x_to_y = -y_to_x) cannot be told from that rotation and is absorbed into it, so the coupling "
-            "slopes show only the part the skew measures")
+    note = ("a coupling that turns both stage axes alike (x_to_y = -y_to_x) cannot be told from an estimated "
+            "stage-to-image rotation and is absorbed into it, so the coupling slopes show only the part the skew "
+            "measures")
     if bound is not None:
         note += (f"; the skew is at most {bound:.3f} deg (95 %), so |x_to_y + y_to_x| <= "
                  f"{math.tan(math.radians(bound)):.2g}; give [stage_to_image] from a calibration to measure the rest")
@@ -283,7 +283,7 @@ def certificate_html(verdict: Verdict, certificate: Certificate, checks: dict[st
     elif s2i["status"] == "estimated":
         low, high = s2i["rotation_ci95"]
         s2i_text = (f"estimated from the moves: rotation {s2i['rotation_deg']:.2f} deg (95 % CI {low:.2f} to "
-                    f"{high:.2f} deg), flip_y {str(s2i['flip_y']).lower()}. {s2i['note']}")
+                    f"{high:.2f} deg), flip_y {str(s2i['flip_y']).lower()}. {s2i['note'][0].upper()}{s2i['note'][1:]}.")
     else:
         s2i_text = s2i["note"]
     facts = [

@@ -173,15 +173,15 @@ def test_pair_rms_skips_unmeasured_steps():
     assert pair_rms_nm(ref[:3], meas[:3]).value is None
 
 
-def test_repeatability_is_four_sigma_of_the_worst_target_visited_three_times():
+def test_repeatability_is_four_sigma_of_the_worst_target_visited_twice_or_more():
     deviations = [np.array([0.0, 1.0, 2.0]), np.array([0.0, 10.0, 5.0]), np.array([0.0, -1.0, 1.0]),
-                  np.array([0.0, 100.0])]  # visited twice: not counted
+                  np.array([0.0, 30.0]), np.array([0.0, np.nan])]  # the last: one registered visit, left out
     result = repeatability_nm(deviations)
-    assert result.value == pytest.approx(4 * np.std([0.0, 10.0, 5.0], ddof=1))
-    assert result.evidence == {"targets": 3, "visits": 9}
+    assert result.value == pytest.approx(4 * np.std([0.0, 30.0], ddof=1))
+    assert result.evidence == {"targets": 4, "visits": 11}
     assert result.ci95[0] < result.value < result.ci95[1]
     assert repeatability_nm(deviations[:2]).value is None
-    assert repeatability_nm([np.array([0.0, 1.0, np.nan])] * 3).value is None  # unregistered visits do not count
+    assert repeatability_nm([np.array([0.0, np.nan, np.nan])] * 3).value is None  # unregistered visits do not count
 
 
 @given(vx=st.floats(-20, 20), vy=st.floats(-20, 20), offset=st.floats(-100, 100))

@@ -143,7 +143,7 @@ def test_an_estimated_rotation_says_what_it_hides(tmp_path):
     low, high = analysis.stage_to_image.rotation_ci95
     assert low <= analysis.transform.rotation_deg <= high
     document = stage_to_image_json(analysis)
-    assert document["estimated"] is True and "cannot be told from that rotation" in document["note"]
+    assert document["estimated"] is True and "cannot be told from an estimated" in document["note"]
     skew = analysis.metrics["coupling.skew_deg"]
     assert document["skew_bound_deg"] == pytest.approx(max(abs(skew.ci95[0]), abs(skew.ci95[1])))
     assert certificate.case == "a" and result.word == "accepted"

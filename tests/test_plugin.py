@@ -191,7 +191,7 @@ def test_a_recording_never_chooses_its_holder_file(suites, tmp_path):
     again = run_suites(suites, "--replay", str(record), "-m", "certification", f"--holder={lenient}",
                        "--results-json", str(results))
     assert again.ret == pytest.ExitCode.OK
-    assert json.loads(results.read_text())["holder_source"] == f"--holder {lenient}"
+    assert json.loads(results.read_text())["holder_source"] == f"chosen with --holder {lenient}"
 
 
 def test_a_plan_the_holder_refuses_is_a_usage_error_and_moves_nothing(suites, tmp_path):
