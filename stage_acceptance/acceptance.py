@@ -201,6 +201,8 @@ class AcceptanceRun:
             raise ConfigError(f"--record {record}: a replay analyses {replay} and records nothing; drop --record")
         if replay:
             self._session = read_recording(replay)
+            if self._session.incomplete:
+                self.incomplete = f"the recording is incomplete: {self._session.incomplete}"
             self.microscope_name = self._session.microscope
             self.holder: HolderConfig = recording_holder(self._session, holder)
         else:
@@ -254,12 +256,16 @@ class AcceptanceRun:
 
         Live runs only (a replay moves nothing), and once: call it before any test
         runs, so that a plan the holder refuses is a usage error before anything
-        moves and before a recording folder is made.
+        moves and before a recording folder is made. A remote microscope's plan is also
+        checked against the limits its server says it enforces (``describe``), and the
+        run keeps to the stricter of the two on each axis, so the server never has to
+        refuse a move part-way through.
 
         Raises
         ------
         MoveRefused
-            Naming the protocol and the target outside the limits; nothing was sent.
+            Naming the protocol, the target outside the limits and whose limits they
+            are (the holder's or the server's); nothing was sent.
         ConfigError, RemoteError, PyJEMError
             When the microscope cannot be opened.
         """
@@ -267,16 +273,27 @@ class AcceptanceRun:
             return
         config = self.microscope_config
         protocols = build(config.protocol, protocol_names)
-        microscope = Envelope(open_microscope(config), self.holder.limits)
+        backend = open_microscope(config)
+        served = dict(getattr(backend, "limits", None) or {}) if config.kind == "remote" else {}
+        where = (config.path or config.remote.endpoint) if config.kind == "remote" else config.path
+        judges = [(Envelope(backend, self.holder.limits), f"holder '{self.holder.key}'")]
+        if served:
+            judges.append((Envelope(backend, {**self.holder.limits, **served}),
+                           f"the limits the server at {config.remote.endpoint} enforces"))
+        stricter = dict(self.holder.limits)  # the run keeps to the stricter limit on each axis
+        for key, (low, high) in served.items():
+            if key in stricter:
+                stricter[key] = (max(low, stricter[key][0]), min(high, stricter[key][1]))
+        microscope = Envelope(backend, stricter)
         try:
             origin = microscope.position()
             for protocol, _, target in plan_visits(protocols, origin):
-                try:
-                    microscope.check(target)
-                except MoveRefused as exc:
-                    raise MoveRefused(f"{config.path}: protocol {protocol.name} (from the stage's position now, "
-                                      f"{_position_text(origin)}) is refused by holder '{self.holder.key}': "
-                                      f"{exc}") from None
+                for judge, whose in judges:
+                    try:
+                        judge.check(target)
+                    except MoveRefused as exc:
+                        raise MoveRefused(f"{where}: protocol {protocol.name} (from the stage's position now, "
+                                          f"{_position_text(origin)}) is refused by {whose}: {exc}") from None
         except BaseException:
             microscope.close()
             raise

@@ -27,8 +27,8 @@ import numpy as np
 
 from . import intervals
 from .geometry import StageToImage, image_px_to_stage_nm, stage_nm_to_image_px
-from .registration import Registration, register
-from .session import Session
+from .registration import Registration, register, unregistered
+from .session import RecordingError, Session
 
 AXIS_NAMES = ("x", "y")
 TILT_NAMES = ("alpha", "beta")
@@ -158,12 +158,15 @@ def register_pairs(session: Session, pairs, transform: StageToImage | None,
     """
     pairs = list(pairs)
     reported = session.reported_nm()[:, :2]
-    images = {index: session.image(index) for pair in pairs for index in pair}  # read errors surface here
 
     def one(pair):
         ref, mov = pair
         prior = predicted_shift_px(reported[mov] - reported[ref], session.pixel_size_nm, transform)
-        return PairRegistration(ref, mov, registrar(images[ref], images[mov], prior_shift_px=prior))
+        try:
+            result = registrar(session.image(ref), session.image(mov), prior_shift_px=prior)
+        except (RecordingError, ValueError) as exc:  # an unusable frame: the pair is left out, with why
+            result = unregistered(str(exc).splitlines()[0][:300])
+        return PairRegistration(ref, mov, result)
 
     workers = REGISTRATION_WORKERS if workers is None else int(workers)
     if workers <= 1 or len(pairs) < 2:
@@ -309,7 +312,7 @@ def build_steps(session: Session, registrations: list[PairRegistration], transfo
     targets = session.targets_nm()
     reported = session.reported_nm()
     commanded = commanded_nm(session)
-    frame_shape = session.image(0).shape
+    frame_shape = session.frame_shape
     kept = [r for r in registrations
             if r.result.ok or images_overlap(reported[r.moving, :2] - reported[r.moving - 1, :2],
                                              session.pixel_size_nm, frame_shape, transform)]

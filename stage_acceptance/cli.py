@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="CURVE key folder made by 'stage-acceptance keys'; required for a non-loopback bind")
     serve.add_argument("--delay-s", type=float, default=0.0,
                        help="delay every reply by this many seconds (testing slow links)")
+    serve.add_argument("--max-wait-s", type=float, default=None, metavar="S",
+                       help="longest 'wait' a client may ask for, in seconds (default 3600); told to clients")
     serve.add_argument("--verbose", action="store_true",
                        help="log every call (moves with their targets); by default only clients starting and "
                             "ending, stops and errors")
@@ -43,7 +45,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args) -> int:
-    from .remote.server import serve, served_settings
+    from .remote.protocol import MAX_WAIT_S
+    from .remote.server import ServeError, serve, served_settings
+
+    if not args.delay_s >= 0 or args.delay_s == float("inf"):
+        raise ServeError(f"--delay-s must be a finite number >= 0, got {args.delay_s}")
+    if args.max_wait_s is not None and not 0 < args.max_wait_s < float("inf"):
+        raise ServeError(f"--max-wait-s must be a finite number > 0, got {args.max_wait_s}")
 
     if args.replay:
         from .acceptance import recorded_protocol, recording_holder
@@ -76,10 +84,16 @@ def _serve(args) -> int:
         what = f"{microscope.name} (replay of {args.replay})" if args.replay else microscope.name
         print(f"stage-acceptance: serving {what} on {endpoint} (holder {holder.key}); Ctrl-C stops", flush=True)
 
-    def log(line: str) -> None:
-        print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S}Z {line}", flush=True)
+    log_lock = threading.Lock()
 
-    serve(microscope, args.bind, holder.limits, keys_dir=args.keys, delay_s=args.delay_s, stop_event=stop,
+    def log(line: str) -> None:  # one write per whole line, so lines from two threads never mix
+        text = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S}Z {line}\n"
+        with log_lock:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    serve(microscope, args.bind, holder.limits, keys_dir=args.keys, delay_s=args.delay_s,
+          max_wait_s=MAX_WAIT_S if args.max_wait_s is None else args.max_wait_s, stop_event=stop,
           ready=ready, settings=settings, log=log, verbose=args.verbose)
     print("stage-acceptance: stopped", flush=True)
     return 0

@@ -1,13 +1,23 @@
 """Reading and validating microscope configs (microscope-v1) and holder files (results-v1).
 
-Every default lives here, in the dataclasses below. Validation uses JSON Schema
-(`jsonschema`) on the parsed TOML; every error is one line that names the file, the
-key and the offending value.
+Every default lives here, in the dataclasses below. Every key's type and bounded range
+lives in the JSON schemas (`MICROSCOPE_SCHEMA`, `HOLDER_SCHEMA`), the single source of
+truth; `describe_schema` lists them. Validation uses `jsonschema` on the parsed TOML
+(integers must be integers: ``steps = 5.0`` is refused). A file that is not UTF-8, is
+larger than 1 MiB, nests too deep, or holds NaN, infinities or integers beyond 64 bits
+is refused too. Every error is one `ConfigError` line that names the file and, where
+there is one, the key and the offending value (cut to 60 characters).
 """
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
+import difflib
+import itertools
 import math
+import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,14 +181,71 @@ class HolderConfig:
     shipped holder name, the server, or the default."""
 
 
-# --------------------------------------------------------------------------- schemas
+# --------------------------------------------------------------------------- bounds
+#
+# Every key has a type and a bounded range, written into the JSON schemas below: the
+# schemas are the single source of truth (`describe_schema` lists them for the README).
 
-_number = {"type": "number"}
-_positive = {"type": "number", "exclusiveMinimum": 0}
-_nonneg = {"type": "number", "minimum": 0}
-_pair = {"type": "array", "items": _number, "minItems": 2, "maxItems": 2}
-_probability = {"type": "number", "minimum": 0, "maximum": 1}
-_pair_nonneg = {"type": "array", "items": _nonneg, "minItems": 2, "maxItems": 2}
+MAX_FILE_BYTES = 1 << 20
+"""Largest config file read (1 MiB); a config is a few kB, so anything bigger is refused unread."""
+MAX_DEPTH = 8
+"""Deepest nesting of tables and arrays below the top (the schemas need 2: ``[sim] coupling``)."""
+MAX_VALUE_CHARS = 60
+"""Longest value (or key) quoted in an error message; longer ones are cut with ``...``."""
+
+MAX_DISTANCE_NM = 1.0e7
+"""Largest distance: the travel of a holder (10 mm). Steps, errors, noise, limits."""
+MAX_SPEED_NM_PER_MIN = 1.0e6
+"""Largest drift speed (1 mm per minute)."""
+MAX_TIME_S = 86400.0
+"""Longest time: a day. Settling, intervals, simulated move and frame times, time-outs."""
+MAX_DOSE = 1.0e6
+"""Largest mean dose, counts per pixel (and read noise, counts)."""
+MAX_SEED = 2**63 - 1
+PIXEL_NM = (1.0e-3, 1.0e5)
+"""Pixel size range, nm: 1 pm to 100 um."""
+MAX_NAME_CHARS = 200
+"""Longest name (microscope, holder, detector, endpoint, camera)."""
+MAX_PATH_CHARS = 1024
+"""Longest path (specimen image, key folder)."""
+TOML_INT = (-(2**63), 2**63 - 1)
+"""TOML integers are 64-bit."""
+
+
+def _number(low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> dict:
+    """A number in ``[low, high]`` (an open end with `open_low`, `open_high`)."""
+    return {"type": "number", ("exclusiveMinimum" if open_low else "minimum"): low,
+            ("exclusiveMaximum" if open_high else "maximum"): high}
+
+
+def _integer(low: int, high: int) -> dict:
+    return {"type": "integer", "minimum": low, "maximum": high}
+
+
+def _pair(item: dict) -> dict:
+    return {"type": "array", "items": item, "minItems": 2, "maxItems": 2}
+
+
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+
+
+def _text(max_chars: int, what: str = "a string") -> dict:
+    """A non-empty one-line string of at most `max_chars` characters."""
+    return {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": _NO_CONTROL,
+            "description": f"{what} (1 to {max_chars} characters, no control characters)"}
+
+
+_distance = _number(0, MAX_DISTANCE_NM)
+_signed_distance = _number(-MAX_DISTANCE_NM, MAX_DISTANCE_NM)
+_positive_distance = _number(0, MAX_DISTANCE_NM, open_low=True)
+_time = _number(0, MAX_TIME_S)
+_positive_time = _number(0, MAX_TIME_S, open_low=True)
+_angle = _number(-360, 360)
+_probability = _number(0, 1)
+_fraction = _number(-0.5, 0.5, open_low=True, open_high=True)
+_coupling = _number(-1, 1)
+_pixel = _number(*PIXEL_NM)
+_bool = {"type": "boolean"}
 
 KINDS = ("sim", "remote", "pyjem")
 """Microscope kinds; each may have a table of its own name (``[sim]``, ``[remote]``, ``[pyjem]``)."""
@@ -188,101 +255,121 @@ MICROSCOPE_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["name", "kind"],
     "properties": {
-        "name": {"type": "string", "minLength": 1},
+        "name": _text(MAX_NAME_CHARS),
         "kind": {"enum": list(KINDS)},
-        "holder": {"type": "string", "minLength": 1},
-        "pixel_size_nm": _positive,
-        "frame_px": {"type": "integer", "minimum": 32, "maximum": 8192},
+        "holder": _text(MAX_NAME_CHARS),
+        "pixel_size_nm": _pixel,
+        "frame_px": _integer(32, 8192),
         "stage_to_image": {
             "type": "object",
             "additionalProperties": False,
             "required": ["rotation_deg"],
-            "properties": {"rotation_deg": _number, "flip_y": {"type": "boolean"}},
+            "properties": {"rotation_deg": _angle, "flip_y": _bool},
         },
         "protocol": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "step_nm": _positive,
-                "steps": {"type": "integer", "minimum": 2, "maximum": 100},
-                "settle_s": _nonneg,
-                "dwell_frames": {"type": "integer", "minimum": 2, "maximum": 100},
-                "dwell_interval_s": _nonneg,
-                "tilt_step_deg": {"type": "number", "exclusiveMinimum": 0, "maximum": 30},
-                "tilt_steps": {"type": "integer", "minimum": 2, "maximum": 30},
+                "step_nm": _positive_distance,
+                "steps": _integer(2, 100),
+                "settle_s": _time,
+                "dwell_frames": _integer(2, 100),
+                "dwell_interval_s": _time,
+                "tilt_step_deg": _number(0, 30, open_low=True),
+                "tilt_steps": _integer(2, 30),
             },
         },
         "sim": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "seed": {"type": "integer", "minimum": 0},
-                "backlash_nm": _pair_nonneg,
-                "scale_error": {"type": "array", "items": {"type": "number", "exclusiveMinimum": -0.5,
-                                                           "exclusiveMaximum": 0.5},
-                                "minItems": 2, "maxItems": 2},
+                "seed": _integer(0, MAX_SEED),
+                "backlash_nm": _pair(_distance),
+                "scale_error": _pair(_fraction),
                 "coupling": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {"x_to_y": _number, "y_to_x": _number},
+                    "properties": {"x_to_y": _coupling, "y_to_x": _coupling},
                 },
-                "step_noise_nm": _nonneg,
-                "drift_nm_per_min": _pair,
+                "step_noise_nm": _distance,
+                "drift_nm_per_min": _pair(_number(-MAX_SPEED_NM_PER_MIN, MAX_SPEED_NM_PER_MIN)),
                 "reported": {"enum": ["target", "actual", "scaled"]},
-                "reported_scale_error": {"type": "array", "items": {"type": "number", "exclusiveMinimum": -0.5,
-                                                                    "exclusiveMaximum": 0.5},
-                                         "minItems": 2, "maxItems": 2},
-                "reported_noise_nm": _nonneg,
-                "dose": _positive,
-                "move_time_s": _nonneg,
-                "frame_time_s": _nonneg,
-                "rotation_deg": _number,
-                "flip_y": {"type": "boolean"},
-                "creep_nm": _pair_nonneg,
-                "creep_time_s": _nonneg,
-                "thermal_drift_nm_per_min": _pair_nonneg,
-                "thermal_time_s": _nonneg,
-                "stick_threshold_nm": _nonneg,
+                "reported_scale_error": _pair(_fraction),
+                "reported_noise_nm": _distance,
+                "dose": _number(0, MAX_DOSE, open_low=True),
+                "move_time_s": _time,
+                "frame_time_s": _time,
+                "rotation_deg": _angle,
+                "flip_y": _bool,
+                "creep_nm": _pair(_distance),
+                "creep_time_s": _time,
+                "thermal_drift_nm_per_min": _pair(_number(0, MAX_SPEED_NM_PER_MIN)),
+                "thermal_time_s": _time,
+                "stick_threshold_nm": _distance,
                 "stick_probability": _probability,
-                "wear_nm_per_mm": _pair_nonneg,
-                "reported_quantum_nm": _nonneg,
-                "readback_jump_nm": _nonneg,
+                "wear_nm_per_mm": _pair(_distance),
+                "reported_quantum_nm": _distance,
+                "readback_jump_nm": _distance,
                 "readback_jump_probability": _probability,
-                "scan_rotation_deg": _number,
-                "scan_jitter_px": _nonneg,
-                "defocus_blur_nm_per_um": _nonneg,
-                "focus_z_nm": _number,
-                "read_noise_counts": _nonneg,
-                "specimen": {"type": "string", "minLength": 1},
-                "specimen_pixel_nm": _positive,
-                "pivot_arm_mm": _nonneg,
-                "x_pull_scale_error": {"type": "number", "exclusiveMinimum": -0.5, "exclusiveMaximum": 0.5},
-                "eucentric_error_nm": _number,
-                "tilt_backlash_deg": _pair_nonneg,
+                "scan_rotation_deg": _angle,
+                "scan_jitter_px": _number(0, 100),
+                "defocus_blur_nm_per_um": _number(0, 1000),
+                "focus_z_nm": _signed_distance,
+                "read_noise_counts": _number(0, MAX_DOSE),
+                "specimen": _text(MAX_PATH_CHARS, '"procedural" or an image path'),
+                "specimen_pixel_nm": _pixel,
+                "pivot_arm_mm": _number(0, 1000),
+                "x_pull_scale_error": _fraction,
+                "eucentric_error_nm": _signed_distance,
+                "tilt_backlash_deg": _pair(_number(0, 10)),
             },
         },
         "remote": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "endpoint": {"type": "string", "pattern": "^tcp://.+:[0-9]+$"},
-                "timeout_s": _positive,
-                "keys": {"type": "string", "minLength": 1},
+                "endpoint": {"type": "string", "maxLength": MAX_NAME_CHARS,
+                             "pattern": r"^tcp://[^\s\x00-\x1f\x7f]+:[0-9]{1,5}$",
+                             "description": f"an endpoint tcp://HOST:PORT (at most {MAX_NAME_CHARS} characters)"},
+                "timeout_s": _positive_time,
+                "keys": _text(MAX_PATH_CHARS, "a folder path"),
             },
         },
         "pyjem": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "detector": {"type": "string", "minLength": 1},
-                "camera": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"},
-                "tolerance_nm": _positive,
-                "tolerance_deg": _positive,
-                "move_timeout_s": _positive,
-                "poll_s": _positive,
+                "detector": _text(MAX_NAME_CHARS, "a PyJEM detector name"),
+                "camera": {"type": "string", "maxLength": MAX_NAME_CHARS,
+                           "pattern": r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",
+                           "description": f'"module:function" of Python names (at most {MAX_NAME_CHARS} characters)'},
+                "tolerance_nm": _positive_distance,
+                "tolerance_deg": _number(0, 10, open_low=True),
+                "move_timeout_s": _positive_time,
+                "poll_s": _number(0, 60, open_low=True),
             },
         },
     },
+}
+
+_tolerance_schemas = {
+    "agreement_nm": _distance,
+    "consistency_nm": _distance,
+    "backlash_nm": _distance,
+    "scale_error": _number(0, 1),
+    "coupling": _number(0, 1),
+    "skew_deg": _number(0, 90),
+    "repeatability_nm": _distance,
+    "drift_nm_per_min": _number(0, MAX_SPEED_NM_PER_MIN),
+    "tilt_shift_nm_per_deg": _distance,
+    "tilt_backlash_deg": _number(0, 90),
+}
+_limit_schemas = {
+    "x_nm": _pair(_signed_distance),
+    "y_nm": _pair(_signed_distance),
+    "z_nm": _pair(_signed_distance),
+    "alpha_deg": _pair(_number(-90, 90)),
+    "beta_deg": _pair(_number(-90, 90)),
 }
 
 HOLDER_SCHEMA: dict[str, Any] = {
@@ -290,18 +377,18 @@ HOLDER_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["name", "tolerances", "limits", "acceptance"],
     "properties": {
-        "name": {"type": "string", "minLength": 1},
+        "name": _text(MAX_NAME_CHARS),
         "tolerances": {
             "type": "object",
             "additionalProperties": False,
             "required": list(TOLERANCE_KEYS),
-            "properties": {key: _nonneg for key in TOLERANCE_KEYS + OPTIONAL_TOLERANCE_KEYS},
+            "properties": {key: _tolerance_schemas[key] for key in TOLERANCE_KEYS + OPTIONAL_TOLERANCE_KEYS},
         },
         "limits": {
             "type": "object",
             "additionalProperties": False,
             "required": list(LIMIT_KEYS),
-            "properties": {key: _pair for key in LIMIT_KEYS},
+            "properties": {key: _limit_schemas[key] for key in LIMIT_KEYS},
         },
         "acceptance": {
             "type": "object",
@@ -312,6 +399,7 @@ HOLDER_SCHEMA: dict[str, Any] = {
                     "type": "array",
                     "items": {"enum": list(CASES)},
                     "minItems": 1,
+                    "maxItems": len(CASES),
                     "uniqueItems": True,
                 }
             },
@@ -320,31 +408,165 @@ HOLDER_SCHEMA: dict[str, Any] = {
 }
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- messages
+
+
+def _clip(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """`text` on one line (control characters escaped), cut to about `limit` characters."""
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text[: 4 * limit])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _show(value: Any) -> str:
+    """A value for an error message: its repr, never longer than :data:`MAX_VALUE_CHARS`."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+        return f"{_clip(repr(value[:MAX_VALUE_CHARS]))} ({len(value)} characters)"
+    if isinstance(value, (list, dict)) and len(value) > 20:
+        return f"<{'an array' if isinstance(value, list) else 'a table'} of {len(value)} items>"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an integer too long to print, a structure too deep
+        return f"<{type(value).__name__}>"
+    return _clip(text)
+
+
+def _key(path) -> str:
+    """Dotted key of a path of keys and indices, cut for a message."""
+    return _clip(".".join(str(p) for p in path) or "(top level)")
+
+
+def _bound(value) -> str:
+    """A bound for a message: ``1e7`` rather than ``10000000.0``."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        value = int(value)
+    if isinstance(value, int):
+        if abs(value) in (2**63, 2**63 - 1):
+            return f"{'-' if value < 0 else ''}2**63{' - 1' if abs(value) == 2**63 - 1 else ''}"
+        digits = str(abs(value))
+        if len(digits) > 5 and digits.rstrip("0") == "1":
+            return f"{'-' if value < 0 else ''}1e{len(digits) - 1}"
+        return str(value)
+    return repr(value)
+
+
+def _range_text(node: dict) -> str:
+    low = next(((k, node[k]) for k in ("minimum", "exclusiveMinimum") if k in node), None)
+    high = next(((k, node[k]) for k in ("maximum", "exclusiveMaximum") if k in node), None)
+    if low and high:
+        return (f"{'[' if low[0] == 'minimum' else '('}{_bound(low[1])}, "
+                f"{_bound(high[1])}{']' if high[0] == 'maximum' else ')'}")
+    if low:
+        return f"{'>=' if low[0] == 'minimum' else '>'} {_bound(low[1])}"
+    if high:
+        return f"{'<=' if high[0] == 'maximum' else '<'} {_bound(high[1])}"
+    return ""
+
+
+def expectation(node: dict) -> str | None:
+    """What a schema node accepts, in words: ``a number in [0, 86400]``; None if it cannot say."""
+    if "description" in node:
+        return node["description"]
+    if "const" in node:
+        return repr(node["const"])
+    if "enum" in node:
+        return "one of " + ", ".join(repr(v) for v in node["enum"])
+    kind = node.get("type")
+    if isinstance(kind, list):
+        parts = [expectation({**node, "type": k}) for k in kind]
+        return None if None in parts else " or ".join(parts)
+    if kind in ("number", "integer"):
+        word = "an integer" if kind == "integer" else "a number"
+        where = _range_text(node)
+        return f"{word} in {where}" if where.startswith(("[", "(")) else f"{word} {where}".rstrip()
+    if kind == "string":
+        low, high = node.get("minLength"), node.get("maxLength")
+        size = (f" of {low or 0} to {high} characters" if high is not None
+                else f" of at least {low} characters" if low else "")
+        return f"a string{size}" + (f" matching {node['pattern']}" if "pattern" in node else "")
+    if kind == "boolean":
+        return "true or false"
+    if kind == "object":
+        return "a table"
+    if kind == "array":
+        low, high = node.get("minItems"), node.get("maxItems")
+        count = (f"{low} " if low is not None and low == high else f"{low or 0} to {high} " if high is not None
+                 else f"at least {low} " if low else "")
+        item = expectation(node["items"]) if isinstance(node.get("items"), dict) else None
+        return (f"an array of {count}items" + (f", each {item}" if item else "")
+                + (", all different" if node.get("uniqueItems") else ""))
+    if kind == "null":
+        return "null"
+    return None
+
+
+def describe_schema(schema: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Every key of a schema with what it accepts, in schema order (for documentation).
+
+    Returns
+    -------
+    list of (str, str)
+        ``(dotted key, expectation)``, e.g. ``("sim.dose", "a number in (0, 1e6]")``;
+        tables are listed by their keys.
+    """
+    rows = []
+    for key, node in schema.get("properties", {}).items():
+        name = f"{prefix}{key}"
+        if node.get("type") == "object" and "properties" in node:
+            rows.extend(describe_schema(node, f"{name}."))
+        else:
+            rows.append((name, expectation(node) or "?"))
+    return rows
+
+
+# --------------------------------------------------------------------------- validation
+
+_STRICT_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _checker, instance: isinstance(instance, int) and not isinstance(instance, bool))
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_STRICT_TYPES)
+"""Draft 2020-12 where an integer is an integer: TOML ``steps = 5.0`` and JSON ``5.0`` are not one."""
+
+
+def _known_keys(unknown, known: list[str], path: list, limit: int = 120) -> str:
+    """``did you mean 'sim.backlash_nm'?`` for a near miss, else the keys allowed there (cut to `limit`)."""
+    close = difflib.get_close_matches(str(unknown)[:100], known, n=1, cutoff=0.75)
+    if close:
+        return f"did you mean '{_key(path + close)}'?"
+    listed = ", ".join(known)
+    if len(listed) > limit:
+        listed = listed[: listed.rfind(", ", 0, limit)] + f", ... ({len(known)} keys)"
+    return f"known keys here: {listed}" if known else "no keys are allowed here"
 
 
 def schema_problem(data, schema: dict) -> str | None:
     """The first problem of `data` against a JSON schema, as one line; None if valid.
 
-    The line names the dotted key and the offending value, e.g.
-    ``key 'sim.dose' has bad value -1.0: -1.0 is less than or equal to the minimum of 0``,
+    The line names the dotted key and the offending value (cut to 60 characters) and
+    says what the key accepts, e.g.
+    ``key 'sim.dose' has bad value -1.0: must be a number in (0, 1e6]``,
+    ``unknown key 'sim.baclash_nm' (did you mean 'sim.backlash_nm'?)``,
     ``unknown key 'sim.foo' (known keys here: ...)`` or ``missing required key 'name'``.
+    Integers must be integers (``5.0`` is not one).
     """
-    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    errors = list(itertools.islice(_Validator(schema).iter_errors(data), 50))
     if not errors:
         return None
     error = jsonschema.exceptions.best_match(errors)
-    where = ".".join(str(p) for p in error.absolute_path)
-    if error.validator == "additionalProperties":
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         known = sorted(error.schema.get("properties", {}))
-        unknown = sorted(set(error.instance) - set(known))
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
-        return f"unknown key '{key}' (known keys here: {', '.join(known)})"
-    if error.validator == "required":
+        unknown = sorted((k for k in error.instance if k not in known), key=str)
+        if unknown:
+            return f"unknown key '{_key(path + [unknown[0]])}' ({_known_keys(unknown[0], known, path)})"
+    if error.validator == "required" and isinstance(error.instance, dict):
         missing = [k for k in error.validator_value if k not in error.instance]
-        key = f"{where}.{missing[0]}" if where else missing[0]
-        return f"missing required key '{key}'"
-    return f"key '{where}' has bad value {error.instance!r}: {error.message}"
+        if missing:
+            return f"missing required key '{_key(path + [missing[0]])}'"
+    expected = expectation(error.schema)
+    why = f"must be {expected}" if expected else _clip(error.message, 120)
+    return f"key '{_key(path)}' has bad value {_show(error.instance)}: {why}"
 
 
 def validate(data: dict, schema: dict, source: str | Path) -> None:
@@ -369,16 +591,108 @@ def validate(data: dict, schema: dict, source: str | Path) -> None:
         raise ConfigError(f"{source}: {problem}")
 
 
+def _check_values(data: Any, source: Path, path: tuple = ()) -> None:
+    """Refuse what JSON Schema cannot judge: NaN and infinities, integers beyond 64 bits
+    (TOML's range), and nesting deeper than :data:`MAX_DEPTH`."""
+    if isinstance(data, (dict, list)):
+        if len(path) >= MAX_DEPTH:
+            raise ConfigError(f"{source}: key '{_key(path)}' nests tables or arrays more than {MAX_DEPTH} deep")
+        items = data.items() if isinstance(data, dict) else enumerate(data)
+        for key, value in items:
+            _check_values(value, source, path + (key,))
+    elif isinstance(data, float) and not math.isfinite(data):
+        raise ConfigError(f"{source}: key '{_key(path)}' has bad value {data!r}: must be a finite number")
+    elif isinstance(data, int) and not isinstance(data, bool) and not TOML_INT[0] <= data <= TOML_INT[1]:
+        raise ConfigError(f"{source}: key '{_key(path)}' has bad value {_show(data)}: "
+                          f"must be a 64-bit integer (TOML)")
+
+
+_KEY_LINE = re.compile(r"^\s*([^=#\[\s][^=#]*?)\s*=")
+_HEADER_LINE = re.compile(r"^\s*\[\[?\s*([^\]#]+?)\s*\]")
+
+
+def _where(text: str, line_no: int, column: int | None = None) -> str:
+    """``line N (key 'table.key')``: the line and, where the line holds one, its key."""
+    lines = text.split("\n")  # as TOML counts lines
+    table = ""
+    for line in lines[: line_no - 1]:
+        header = _HEADER_LINE.match(line[:500])
+        if header:
+            table = header.group(1).replace(" ", "")
+    at = f"line {line_no}" + (f", column {column}" if column else "")
+    key = _KEY_LINE.match(lines[line_no - 1][:500]) if 0 < line_no <= len(lines) else None
+    if not key:
+        return at
+    name = key.group(1).replace(" ", "")
+    return f"{at} (key '{_clip(f'{table}.{name}' if table else name)}')"
+
+
+def _deep_line(text: str, limit: int = 100) -> int:
+    """The first line where brackets nest beyond `limit` (a rough count: strings and comments count too)."""
+    depth = 0
+    for number, line in enumerate(text.split("\n"), start=1):
+        for ch in line:
+            depth += 1 if ch in "[{" else -1 if ch in "]}" else 0
+            if depth > limit:
+                return number
+    return 1
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    """The text of a TOML file: UTF-8 (a UTF-8 byte-order mark is dropped), nothing else."""
+    for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                      (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if raw.startswith(bom):
+            raise ConfigError(f"{path}: the file is {name} text (byte-order mark); TOML must be UTF-8: "
+                              f"save it as UTF-8")
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lossy = raw.decode("utf-8", errors="replace")
+        line_no = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at {_where(lossy, line_no)}; "
+                          f"TOML must be UTF-8: save it as UTF-8") from None
+    if "\0" in text:
+        line_no = text.count("\n", 0, text.index("\0")) + 1
+        raise ConfigError(f"{path}: NUL byte at {_where(text, line_no)}: not a text file (UTF-16 without "
+                          f"byte-order mark?); TOML must be UTF-8")
+    return text
+
+
 def _read_toml(path: Path) -> dict:
+    """Parse a TOML file of at most :data:`MAX_FILE_BYTES`; every failure is a one-line ConfigError."""
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            raw = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES} bytes (1 MiB); a config file is a few kB")
+    text = _decode(raw, path)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        at = re.search(r"\s*\(at line (\d+), column (\d+)\)", message)
+        if at:
+            message = message[: at.start()] + message[at.end():]
+        where = f" at {_where(text, int(at.group(1)), int(at.group(2)))}" if at else ""
+        raise ConfigError(f"{path}: not valid TOML{where}: {_clip(message, 120)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: arrays or inline tables nested too deeply to read, "
+                          f"at {_where(text, _deep_line(text))}") from None
+    except ValueError as exc:  # int() of more than sys.get_int_max_str_digits() digits
+        limit = sys.get_int_max_str_digits()
+        digits = re.search(r"[0-9][0-9_]{%d,}" % (limit - 1), text) if limit else None
+        if not digits:
+            raise ConfigError(f"{path}: not valid TOML: {_clip(str(exc), 120)}") from None
+        line_no = text.count("\n", 0, digits.start()) + 1
+        raise ConfigError(f"{path}: an integer of more than {limit} digits at {_where(text, line_no)}: "
+                          f"TOML integers are 64-bit") from None
 
 
 def available(directory: Path) -> list[str]:
@@ -422,16 +736,20 @@ def is_shipped_holder(name: str) -> bool:
     return text in available(HOLDERS_DIR)
 
 
-def _finite(data: Any, source: Path, prefix: str = "") -> None:
-    """Reject NaN and infinities anywhere in the parsed TOML."""
-    if isinstance(data, dict):
-        for key, value in data.items():
-            _finite(value, source, f"{prefix}.{key}" if prefix else key)
-    elif isinstance(data, list):
-        for value in data:
-            _finite(value, source, prefix)
-    elif isinstance(data, float) and not math.isfinite(data):
-        raise ConfigError(f"{source}: key '{prefix}' has bad value {data!r}: must be a finite number")
+def _floats(cls, raw: dict) -> dict:
+    """`raw` with the integers given for float fields of dataclass `cls` made floats (``dose = 40``)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    return {key: float(value) if isinstance(defaults.get(key), float) and type(value) is int else value
+            for key, value in raw.items()}
+
+
+def _relative(config: Path, value: str, key: str) -> Path:
+    """`value`, a path relative to the folder of the config file `config`, resolved."""
+    try:
+        return (config.parent / value).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # e.g. a symlink loop
+        raise ConfigError(f"{config}: key '{key}' has bad value {_show(value)}: cannot resolve the path "
+                          f"({type(exc).__name__})") from None
 
 
 # --------------------------------------------------------------------------- loaders
@@ -458,7 +776,7 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
         return remote_endpoint(str(name_or_path))
     path = resolve(name_or_path, MICROSCOPES_DIR, "microscope")
     data = _read_toml(path)
-    _finite(data, path)
+    _check_values(data, path)
     validate(data, MICROSCOPE_SCHEMA, path)
     kind = data["kind"]
     for other in KINDS:
@@ -474,7 +792,7 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
         s2i = data["stage_to_image"]
         transform = StageToImage(float(s2i["rotation_deg"]), bool(s2i.get("flip_y", False)))
 
-    protocol = ProtocolConfig(**{k: v for k, v in data.get("protocol", {}).items()})
+    protocol = ProtocolConfig(**_floats(ProtocolConfig, data.get("protocol", {})))
     sim = None
     if kind == "sim":
         raw = dict(data.get("sim", {}))
@@ -484,12 +802,13 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
             if key in raw:
                 raw[key] = tuple(float(v) for v in raw[key])
         if raw.get("specimen", "procedural") != "procedural":
-            image = (path.parent / raw["specimen"]).resolve()
+            image = _relative(path, raw["specimen"], "sim.specimen")
             if not image.is_file():
-                raise ConfigError(f"{path}: key 'sim.specimen' has bad value {raw['specimen']!r}: "
-                                  f"no such image {image} (give \"procedural\" or a .tif/.mrc path relative to the config)")
+                raise ConfigError(f"{path}: key 'sim.specimen' has bad value {_show(raw['specimen'])}: "
+                                  f"no such image {_clip(str(image), 120)} (give \"procedural\" or a .tif/.mrc path "
+                                  f"relative to the config)")
             if image.suffix.lower() not in (".tif", ".tiff", ".mrc", ".st", ".mrcs"):
-                raise ConfigError(f"{path}: key 'sim.specimen' has bad value {raw['specimen']!r}: "
+                raise ConfigError(f"{path}: key 'sim.specimen' has bad value {_show(raw['specimen'])}: "
                                   "the image must be .tif, .tiff or .mrc")
             if "specimen_pixel_nm" not in raw:
                 raise ConfigError(f"{path}: missing required key 'sim.specimen_pixel_nm' (needed with an image specimen)")
@@ -497,24 +816,25 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
         sim = SimConfig(
             coupling_x_to_y=float(coupling.get("x_to_y", 0.0)),
             coupling_y_to_x=float(coupling.get("y_to_x", 0.0)),
-            **raw,
+            **_floats(SimConfig, raw),
         )
     remote = None
     if kind == "remote":
         raw = dict(data.get("remote", {}))
         if "keys" in raw:
-            keys = (path.parent / raw["keys"]).resolve()
+            keys = _relative(path, raw["keys"], "remote.keys")
             if not keys.is_dir():
-                raise ConfigError(f"{path}: key 'remote.keys' has bad value {raw['keys']!r}: no such folder {keys}")
+                raise ConfigError(f"{path}: key 'remote.keys' has bad value {_show(raw['keys'])}: "
+                                  f"no such folder {_clip(str(keys), 120)}")
             raw["keys"] = keys
-        remote = RemoteConfig(**raw)
+        remote = RemoteConfig(**_floats(RemoteConfig, raw))
     pyjem = None
     if kind == "pyjem":
         raw = dict(data.get("pyjem", {}))
         if ("detector" in raw) == ("camera" in raw):
             raise ConfigError(f"{path}: [pyjem] needs exactly one of 'pyjem.detector' (a PyJEM detector name) "
                               f"or 'pyjem.camera' (\"module:function\" returning a 2-D image)")
-        pyjem = PyJEMConfig(**raw)
+        pyjem = PyJEMConfig(**_floats(PyJEMConfig, raw))
     holder = data.get("holder", "default")
     return MicroscopeConfig(
         name=data["name"],
@@ -568,7 +888,7 @@ def load_holder(name_or_path: str | Path) -> HolderConfig:
     """
     path = resolve(name_or_path, HOLDERS_DIR, "holder")
     data = _read_toml(path)
-    _finite(data, path)
+    _check_values(data, path)
     validate(data, HOLDER_SCHEMA, path)
     limits = {}
     for key in LIMIT_KEYS:

@@ -131,11 +131,26 @@ def acceptance_run(request) -> AcceptanceRun:
 
 @pytest.fixture(scope="session")
 def stage_analysis(request, acceptance_run):
-    """The analysed session: acquired once (only the protocols the selected tests need)."""
+    """The analysed session: acquired once (only the protocols the selected tests need).
+
+    A session that stops on the instrument's side (a lost server, a PyJEM failure, a
+    move refused part-way) ends the pytest run with one line saying why (no
+    traceback) and exit status 1; the run still writes its INCOMPLETE report and
+    results.
+    """
+    from .backends.pyjem import PyJEMError
+    from .remote.client import RemoteError
+
     config = request.config
     hooks = config.stash[HOOKS_KEY]
     on_frame, on_stage = _progress(config)
-    acceptance_run.session(hooks.protocol_names(), progress=on_frame)
+    stopped = None
+    try:
+        acceptance_run.session(hooks.protocol_names(), progress=on_frame)
+    except (RemoteError, PyJEMError, MoveRefused) as exc:
+        stopped = acceptance_run.incomplete or str(exc).splitlines()[0]
+    if stopped is not None:  # outside the except block: nothing chained to show
+        pytest.exit(f"stage-acceptance: {stopped}", returncode=pytest.ExitCode.TESTS_FAILED)
     return acceptance_run.evaluate(progress=on_stage, selected="certification" in hooks.families)
 
 

@@ -123,6 +123,11 @@ class Registration:
     reason: str
 
 
+def unregistered(reason: str) -> Registration:
+    """The result for a pair that could not be registered at all, and why (one line)."""
+    return Registration(_frozen([np.nan, np.nan]), 0.0, 0.0, False, reason)
+
+
 def register(
     reference,
     moving,

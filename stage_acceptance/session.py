@@ -13,14 +13,14 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
 import numpy as np
 import tifffile
 
 from .config import schema_problem
-from .geometry import AXES, StagePosition, StageToImage
+from .geometry import StagePosition, StageToImage
 from .microscope import Envelope
 from .protocols import Protocol
 
@@ -76,6 +76,11 @@ class Session:
     frames: list[Frame]
     directory: Path
     _images: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    unreadable: dict[int, str] = field(default_factory=dict)
+    """Frames whose image cannot be used (missing, not a TIFF, wrong shape), and why;
+    their pairs are left out of the analysis."""
+    incomplete: str | None = None
+    """Why the recording is not a whole session (None when it is, or cannot tell)."""
 
     @property
     def microscope(self) -> str:
@@ -97,16 +102,36 @@ class Session:
             return None
         return StageToImage(float(s2i["rotation_deg"]), bool(s2i.get("flip_y", False)))
 
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """``(rows, columns)`` of the session's frames (of its first usable image)."""
+        for index in range(len(self.frames)):
+            if index in self._images:
+                return tuple(self._images[index].shape)
+            if index not in self.unreadable:
+                return tuple(self.image(index).shape)
+        raise RecordingError(f"{self.directory}: no frame has a usable image")
+
     def image(self, index: int) -> np.ndarray:
-        """The image of frame `index` as a 2-D array (loaded once, then cached)."""
+        """The image of frame `index` as a 2-D array (loaded once, then cached).
+
+        Raises
+        ------
+        RecordingError
+            One line naming the frame, when its image cannot be used (the content of
+            the file is never echoed).
+        """
+        if index in self.unreadable:
+            raise RecordingError(f"frame {index}: {self.unreadable[index]}")
         if index not in self._images:
-            path = self.directory / self.frames[index].image
+            path = image_path(self.directory, self.frames[index].image, f"frame {index}")
             try:
                 image = tifffile.imread(path)
             except (OSError, ValueError, tifffile.TiffFileError) as exc:
-                raise RecordingError(f"{path}: cannot read image: {exc}") from None
+                raise RecordingError(f"frame {index}: image '{_short(self.frames[index].image)}' cannot be "
+                                     f"read as a TIFF ({type(exc).__name__})") from None
             if image.ndim != 2:
-                raise RecordingError(f"{path}: image must be single-channel 2-D, got shape {image.shape}")
+                raise RecordingError(f"frame {index}: image must be single-channel 2-D, got shape {image.shape}")
             self._images[index] = image
         return self._images[index]
 
@@ -129,10 +154,27 @@ class Session:
 
 # --------------------------------------------------------------------------- reading
 
+MAX_FRAMES = 1_000_000
+"""Most frames a recording may hold (a night of automation is a few 10,000)."""
+MAX_TIME_S = 1.0e7
+"""Latest frame time, seconds since the first frame (about 116 days)."""
+MAX_POSITION_NM = 1.0e8
+"""Largest |x|, |y|, |z| of a position or image shift, nm (10 cm: beyond any stage)."""
+MAX_TILT_DEG = 360.0
+MAX_SESSION_JSON_BYTES = 1 << 20
+MAX_LINE_BYTES = 1 << 16
+MAX_TEXT = 10_000
+"""Longest free text (notes); names and paths are shorter (:data:`MAX_NAME`)."""
+MAX_NAME = 1000
+
+_nm = {"type": "number", "minimum": -MAX_POSITION_NM, "maximum": MAX_POSITION_NM}
+_deg = {"type": "number", "minimum": -MAX_TILT_DEG, "maximum": MAX_TILT_DEG}
+_name = {"type": "string", "maxLength": MAX_NAME}
+
 _position_schema = {
     "type": "object",
     "additionalProperties": False,
-    "properties": {axis: {"type": "number"} for axis in AXES},
+    "properties": {"x": _nm, "y": _nm, "z": _nm, "alpha": _deg, "beta": _deg},
 }
 
 SESSION_SCHEMA = {
@@ -141,22 +183,25 @@ SESSION_SCHEMA = {
     "properties": {
         "format": {"const": FORMAT},
         "version": {"const": VERSION},
-        "microscope": {"type": "string"},
-        "holder": {"type": "string"},
-        "pixel_size_nm": {"type": "number", "exclusiveMinimum": 0},
+        "microscope": {"type": "string", "minLength": 1, "maxLength": MAX_NAME},
+        "holder": _name,
+        "pixel_size_nm": {"type": "number", "exclusiveMinimum": 0, "maximum": 1.0e6},
         "stage_to_image": {
             "type": "object",
             "required": ["rotation_deg"],
-            "properties": {"rotation_deg": {"type": "number"}, "flip_y": {"type": "boolean"}},
+            "properties": {"rotation_deg": _deg, "flip_y": {"type": "boolean"}},
         },
-        "started": {"type": "string"},
-        "notes": {"type": "string"},
+        "started": {"type": "string", "maxLength": 64},
+        "notes": {"type": "string", "maxLength": MAX_TEXT},
         "stage_acceptance": {  # this project's extension; other writers leave it out
             "type": "object",
             "properties": {
                 "origin": _position_schema,
-                "protocols": {"type": "array", "items": {"type": "string"}},
+                "protocols": {"type": "array", "maxItems": 100, "items": {"type": "string", "maxLength": 100}},
                 "protocol": {"type": "object"},
+                "complete": {"type": "boolean"},
+                "frames": {"type": "integer", "minimum": 0, "maximum": MAX_FRAMES},
+                "finished": {"type": "string", "maxLength": 64},
             },
         },
     },
@@ -166,29 +211,108 @@ FRAME_SCHEMA = {
     "type": "object",
     "required": ["index", "time_s", "target", "reported", "image"],
     "properties": {
-        "index": {"type": "integer", "minimum": 0},
-        "time_s": {"type": "number"},
+        "index": {"type": "integer", "minimum": 0, "maximum": MAX_FRAMES},
+        "time_s": {"type": "number", "minimum": 0, "maximum": MAX_TIME_S},
         "target": {"anyOf": [_position_schema, {"type": "null"}]},
         "reported": _position_schema,
-        "image": {"type": "string", "minLength": 1},
-        "protocol": {"type": "string"},
+        "image": {"type": "string", "minLength": 1, "maxLength": MAX_NAME},
+        "protocol": {"type": "string", "maxLength": 100},
+        "image_shift_nm": {"type": "object", "properties": {"x": _nm, "y": _nm}},
     },
 }
 
-_FRAME_KEYS = set(FRAME_SCHEMA["properties"])
+_FRAME_KEYS = set(FRAME_SCHEMA["properties"]) - {"image_shift_nm"}
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """`text` cut to `limit` characters for a one-line message."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _load_json_strict(text: str):
-    """json.loads that rejects NaN and Infinity (not JSON)."""
+    """json.loads that rejects NaN and Infinity (not JSON), and deep nesting, as ValueError."""
 
     def reject(constant):
         raise ValueError(f"{constant} is not valid JSON")
 
-    return json.loads(text, parse_constant=reject)
+    try:
+        return json.loads(text, parse_constant=reject)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def image_path(root: Path, name: str, where: str) -> Path:
+    """The file of an ``image`` entry, which must lie inside the recording's ``images/``.
+
+    Checked on the path alone: ``..``, an absolute path or a symlink (of the file or
+    of ``images/``) leaving the folder is refused before anything is read.
+
+    Raises
+    ------
+    RecordingError
+        ``"<where>: key 'image' is '../x.tif': ..."`` (the value cut to 60 characters).
+    """
+    text = str(name).replace("\\", "/")
+    parts = PurePosixPath(text).parts
+    problem = None
+    if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
+        problem = "an absolute path"
+    elif ".." in parts:
+        problem = "a path with '..'"
+    elif len(parts) < 2 or parts[0] != "images":
+        problem = "not inside the recording's images/ folder"
+    else:
+        folder = (root / "images").resolve()
+        if not folder.is_relative_to(root.resolve()):
+            problem = "inside an images/ folder that is a link out of the recording"
+        elif not (root / text).resolve().is_relative_to(folder):
+            problem = "a link out of the recording's images/ folder"
+    if problem:
+        raise RecordingError(f"{where}: key 'image' is '{_short(name)}': {problem}; every image must lie inside "
+                             f"{root / 'images'}")
+    return root / text
+
+
+def _read_text(path: Path, limit: int | None) -> str:
+    """A file's text: UTF-8 (without a byte-order mark), at most `limit` bytes."""
+    size = path.stat().st_size
+    if limit is not None and size > limit:
+        raise RecordingError(f"{path}: {size} bytes, more than the {limit} a recording's {path.name} may have")
+    data = path.read_bytes()
+    if data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        raise RecordingError(f"{path}: starts with a byte-order mark; recording-v1 files are UTF-8 without one")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordingError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _image_problem(root: Path, name: str, where: str) -> tuple[tuple[int, ...] | None, str]:
+    """``(shape, "")`` of a frame's TIFF, or ``(None, why it cannot be used)``."""
+    path = image_path(root, name, where)
+    if not path.is_file():
+        return None, f"image '{_short(name)}' not found"
+    try:
+        with tifffile.TiffFile(path) as tif:
+            shape = tuple(tif.pages[0].shape)
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
+        return None, f"image '{_short(name)}' is not a readable TIFF ({type(exc).__name__})"
+    if len(shape) != 2:
+        return None, f"image '{_short(name)}' must be single-channel 2-D, got shape {shape}"
+    return shape, ""
 
 
 def read_recording(directory: str | Path) -> Session:
     """Read and check a recording-v1 folder.
+
+    Every value is checked against :data:`SESSION_SCHEMA` and :data:`FRAME_SCHEMA`
+    (types and bounds), frame times must not decrease, and every ``image`` must lie
+    inside ``images/`` (:func:`image_path`). A frame whose image is missing, not a
+    TIFF or of another shape is kept and marked (``Session.unreadable``): its pairs
+    are left out of the analysis with the reason. A torn last line of
+    ``frames.jsonl`` (a run killed while writing it) is dropped, and so is a
+    recording whose run did not finish: both are marked ``Session.incomplete``.
 
     Parameters
     ----------
@@ -203,7 +327,8 @@ def read_recording(directory: str | Path) -> Session:
     Raises
     ------
     RecordingError
-        One line naming the file (and line of ``frames.jsonl``) and what is wrong.
+        One line naming the file (and line of ``frames.jsonl``), the key and what is
+        wrong; a value is never echoed beyond 60 characters.
     """
     root = Path(directory)
     if not root.is_dir():
@@ -214,61 +339,78 @@ def read_recording(directory: str | Path) -> Session:
         if not path.is_file():
             raise RecordingError(f"{path}: missing (a recording-v1 folder needs session.json and frames.jsonl)")
     try:
-        meta = _load_json_strict(session_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RecordingError(f"{session_path}: not valid JSON: {exc}") from None
+        meta = _load_json_strict(_read_text(session_path, MAX_SESSION_JSON_BYTES))
+    except ValueError as exc:
+        if isinstance(exc, RecordingError):
+            raise
+        raise RecordingError(f"{session_path}: not valid JSON: {_short(exc, 120)}") from None
     if not isinstance(meta, dict):
         raise RecordingError(f"{session_path}: must hold a JSON object")
     problem = schema_problem(meta, SESSION_SCHEMA)
     if problem:
         raise RecordingError(f"{session_path}: {problem}")
 
+    lines = _read_text(frames_path, None).split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
     frames: list[Frame] = []
+    unreadable: dict[int, str] = {}
+    incomplete = None
     shape = None
-    with open(frames_path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{frames_path}:{line_no}"
-            try:
-                record = _load_json_strict(line)
-            except ValueError as exc:
-                raise RecordingError(f"{where}: not valid JSON: {exc}") from None
-            if not isinstance(record, dict):
-                raise RecordingError(f"{where}: each line must be a JSON object")
-            problem = schema_problem(record, FRAME_SCHEMA)
-            if problem:
-                raise RecordingError(f"{where}: {problem}")
-            if record["index"] != len(frames):
-                raise RecordingError(f"{where}: key 'index' is {record['index']}, expected {len(frames)} (frames in order 0, 1, 2, ...)")
-            image_path = root / record["image"]
-            if not image_path.is_file():
-                raise RecordingError(f"{where}: image '{record['image']}' not found in {root}")
-            try:
-                with tifffile.TiffFile(image_path) as tif:
-                    page_shape = tuple(tif.pages[0].shape)
-            except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
-                raise RecordingError(f"{where}: image '{record['image']}' is not a readable TIFF: {exc}") from None
-            if len(page_shape) != 2:
-                raise RecordingError(f"{where}: image '{record['image']}' must be single-channel 2-D, got shape {page_shape}")
-            if shape is None:
-                shape = page_shape
-            elif page_shape != shape:
-                raise RecordingError(f"{where}: image '{record['image']}' has shape {page_shape}, the session's frames are {shape}")
-            frames.append(
-                Frame(
-                    index=record["index"],
-                    time_s=float(record["time_s"]),
-                    target=None if record["target"] is None else StagePosition.from_dict(record["target"]),
-                    reported=StagePosition.from_dict(record["reported"]),
-                    image=record["image"],
-                    protocol=record.get("protocol"),
-                    extra={k: v for k, v in record.items() if k not in _FRAME_KEYS},
-                )
+    previous_time = 0.0
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{frames_path}:{line_no}"
+        if len(line) > MAX_LINE_BYTES:
+            raise RecordingError(f"{where}: line of {len(line)} characters, more than {MAX_LINE_BYTES}")
+        try:
+            record = _load_json_strict(line)
+        except ValueError as exc:
+            if line_no == len(lines) and frames:
+                incomplete = (f"{where}: the last line is torn (a run stopped while writing it); read up to "
+                              f"frame {len(frames) - 1}")
+                break
+            raise RecordingError(f"{where}: not valid JSON: {_short(exc, 120)}") from None
+        if not isinstance(record, dict):
+            raise RecordingError(f"{where}: each line must be a JSON object")
+        problem = schema_problem(record, FRAME_SCHEMA)
+        if problem:
+            raise RecordingError(f"{where}: {problem}")
+        if record["index"] != len(frames):
+            raise RecordingError(f"{where}: key 'index' is {record['index']}, expected {len(frames)} "
+                                 f"(frames in order 0, 1, 2, ...)")
+        if record["time_s"] < previous_time:
+            raise RecordingError(f"{where}: key 'time_s' is {record['time_s']:g}, before the previous frame's "
+                                 f"{previous_time:g}: frame times must not decrease")
+        previous_time = float(record["time_s"])
+        page_shape, why = _image_problem(root, record["image"], where)
+        if page_shape is not None and shape is None:
+            shape = page_shape
+        elif page_shape is not None and page_shape != shape:
+            why = f"image '{_short(record['image'])}' has shape {page_shape}, the session's frames are {shape}"
+        if why:
+            unreadable[len(frames)] = why
+        frames.append(
+            Frame(
+                index=record["index"],
+                time_s=float(record["time_s"]),
+                target=None if record["target"] is None else StagePosition.from_dict(record["target"]),
+                reported=StagePosition.from_dict(record["reported"]),
+                image=record["image"],
+                protocol=record.get("protocol"),
+                extra={k: v for k, v in record.items() if k not in _FRAME_KEYS},
             )
+        )
     if len(frames) < 2:
         raise RecordingError(f"{frames_path}: a session needs at least 2 frames, found {len(frames)}")
-    return Session(meta=meta, frames=frames, directory=root)
+    if shape is None:
+        raise RecordingError(f"{root}: no frame has a usable image (frame 0: {unreadable.get(0, '')})")
+    extension = meta.get("stage_acceptance") or {}
+    if extension.get("complete") is False and incomplete is None:
+        incomplete = (f"{session_path}: the run that wrote this recording did not finish "
+                      f"({len(frames)} frames recorded)")
+    return Session(meta=meta, frames=frames, directory=root, unreadable=unreadable, incomplete=incomplete)
 
 
 # --------------------------------------------------------------------------- writing
@@ -301,6 +443,8 @@ class RecordingWriter:
             raise RecordingError(f"{self.directory}: already holds a recording; choose another --record folder")
         (self.directory / "images").mkdir(parents=True, exist_ok=True)
         self.meta = {"format": FORMAT, "version": VERSION, **meta}
+        # Until finish(): a reader tells a recording cut short from a whole one.
+        self.meta["stage_acceptance"] = {**self.meta.get("stage_acceptance", {}), "complete": False}
         problem = schema_problem(self.meta, SESSION_SCHEMA)
         if problem:
             raise ValueError(f"session metadata: {problem}")
@@ -338,8 +482,18 @@ class RecordingWriter:
             except OSError:  # not empty: something else lives there; leave it
                 return
 
+    def finish(self) -> Session:
+        """Mark the recording complete (the run took its last frame), close it, and
+        return the session."""
+        self.meta["stage_acceptance"].update(
+            complete=True, frames=len(self.frames),
+            finished=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"))
+        _write_json_atomic(self.directory / "session.json", self.meta)
+        return self.close()
+
     def close(self) -> Session:
-        """Close the folder and return the session (images kept in memory)."""
+        """Close the folder and return the session (images kept in memory); a recording
+        closed without :meth:`finish` reads as incomplete."""
         if not self._frames_handle.closed:
             self._frames_handle.close()
         return Session(meta=dict(self.meta), frames=list(self.frames), directory=self.directory, _images=dict(self._images))
@@ -417,4 +571,4 @@ def run_protocols(microscope: Envelope, protocols: Iterable[Protocol], writer: R
             writer.append(time_s=now - t0, target=target, reported=reported, image=image, protocol=protocol.name)
             if progress:
                 progress(protocol.name, done, len(steps))
-    return writer.close()
+    return writer.finish()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import select
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from conftest import CONFIGS, record_on, record_sim
 from stage_acceptance.acceptance import AcceptanceRun
 from stage_acceptance.config import ConfigError, load_holder, load_microscope
 from stage_acceptance.geometry import StagePosition
-from stage_acceptance.microscope import Envelope
+from stage_acceptance.microscope import Envelope, MoveRefused
 from stage_acceptance.protocols import FAMILIES, build
 from stage_acceptance.remote.client import RemoteError, RemoteMicroscope
 from stage_acceptance.remote.protocol import (MAX_MESSAGE_BYTES, PROTOCOL, ProtocolError,
@@ -150,6 +151,15 @@ def test_request_round_trip_and_validation():
         header("describe", extra=1): "unknown request header key",
         b'{"protocol": "stage-acceptance/remote", "version": 1, "id": 1, "call": "wait", '
         b'"args": {"seconds": NaN}}': "not UTF-8 JSON",
+        b"[" * 5000: "nests arrays and objects 5000 deep; at most 32",
+        header("move_to", {"target": {"x": 10**400, "y": 0, "z": 0, "alpha": 0, "beta": 0}}):
+            "target key 'x' must be a finite number, got an integer of 401 digits",
+        header("wait", {"seconds": 10**400}): "got an integer of 401 digits",
+        header("wait", {"seconds": 1e308}): "at most max_wait_s = 3600, got 1e\\+308",
+        header("wait", {"seconds": True}): "finite number >= 0",
+        header("describe", protocol="p" * 60_000): "got 'ppppp[p]*\\.\\.\\.$",
+        header("move_to", {"target": {"x": [0] * 1000, "y": 0, "z": 0, "alpha": 0, "beta": 0}}):
+            r"got \[0, 0, .*\.\.\.$",
     }
     for frames, message in bad.items():
         with pytest.raises(ProtocolError, match=message):
@@ -159,6 +169,12 @@ def test_request_round_trip_and_validation():
     with pytest.raises(ProtocolError) as info:
         decode_request([header("fly", request_id=12)])
     assert info.value.request_id == 12
+    with pytest.raises(ProtocolError) as info:  # every echoed value is cut short
+        decode_request([header("fly" * 20_000)])
+    assert len(str(info.value)) < 200
+    big = decode_request([header("move_to", {"target": {"x": 10**20, "y": 0, "z": 0, "alpha": 0, "beta": 0}})])
+    assert big.args["target"]["x"] == 1e20  # a finite number: refused later by the limits, not by the parser
+    assert decode_request([header("wait", {"seconds": 7200})], max_wait_s=7200).args["seconds"] == 7200.0
 
 
 @pytest.mark.parametrize("dtype", ["uint16", "float32", "float64", "uint8"])
@@ -308,7 +324,56 @@ def test_malformed_and_oversized_messages_get_error_replies(server):
     described = raw_request(endpoint, [header("describe", request_id=10)])
     assert described["ok"] and described["id"] == 10 and described["result"]["frame_px"] == 128
     assert described["result"]["limits"]["x_nm"] == [-1000000.0, 1000000.0]
+    assert described["result"]["max_wait_s"] == 3600.0
     assert process.poll() is None
+
+
+KILLERS = {  # messages that each stopped the server once
+    "deep": [b"[" * 5000],
+    "big integer x": [header("move_to", {"target": {"x": 10**20, "y": 0, "z": 0, "alpha": 0, "beta": 0}})],
+    "400 digits": [header("wait", {"seconds": int("9" * 400)})],
+    "huge wait 1": [header("wait", {"seconds": 1e308})],
+    "huge wait 2": [header("wait", {"seconds": 1e308})],
+    "many frames": [b"x"] * 100,
+}
+
+
+def dealer_request(endpoint: str, frames: list[bytes], delimiter: bool, timeout_s: float = 5.0) -> dict:
+    """Send raw frames from a DEALER socket (with or without the REQ-style empty frame)."""
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart(([b""] if delimiter else []) + frames)
+        reply = sock.recv_multipart()
+        assert reply[0] == b"" if delimiter else len(reply) == 1
+        return json.loads(reply[-1])
+    finally:
+        sock.close(linger=0)
+        context.term()
+
+
+def test_messages_that_once_killed_the_server_get_one_line_errors(server):
+    endpoint, process = server()
+    for name, frames in KILLERS.items():
+        for send in (lambda: raw_request(endpoint, frames), lambda: dealer_request(endpoint, frames, True),
+                     lambda: dealer_request(endpoint, frames, False)):
+            reply = send()
+            assert reply["ok"] is False, name
+            assert "\n" not in reply["error"] and len(reply["error"]) < 250, (name, reply["error"])
+    assert raw_request(endpoint, [header("time")])["result"]["time_s"] == 0.0  # the clock is not broken
+    assert raw_request(endpoint, [header("wait", {"seconds": 30})])["ok"]
+    assert raw_request(endpoint, [header("time")])["result"]["time_s"] == 30.0
+    assert raw_request(endpoint, [header("describe")])["ok"] and process.poll() is None
+    process.terminate()
+    assert process.wait(timeout=10) == 0
+    assert process.stderr.read() == ""  # no traceback
+    process.log_reader.join(timeout=10)
+    errors = [line for line in process.log_lines if ": error: " in line]
+    assert len(errors) == 3 * len(KILLERS)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ [^\n]{20,400}\n", line) for line in errors), errors
 
 
 def test_server_refuses_out_of_limit_moves_from_a_raw_client(server):
@@ -456,6 +521,191 @@ def test_stop_aborts_a_move_under_way_and_other_calls_are_refused_as_busy():
         server.join(5.0)
 
 
+class Sleeper(SlowMover):
+    """A backend whose waits take real time (as on a real instrument) and whose moves take 5 ms."""
+
+    def __init__(self):
+        super().__init__()
+        self.moves = []
+        self.clock_s = 0.0
+
+    def move_to(self, target):
+        time.sleep(0.005)
+        self.moves.append(target)
+
+    def wait(self, seconds):
+        time.sleep(seconds)
+        self.clock_s += seconds
+
+    def time_s(self):
+        return self.clock_s
+
+
+@pytest.fixture
+def in_process_server():
+    """``in_process_server(backend, **serve_kwargs)`` serves `backend` in a thread; returns the endpoint."""
+    from stage_acceptance.remote.server import serve
+
+    started = []
+
+    def start(backend, **kwargs):
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        done, listening = threading.Event(), threading.Event()
+        thread = threading.Thread(target=serve, args=(backend, endpoint, load_holder("default").limits),
+                                  kwargs={"stop_event": done, "ready": lambda _: listening.set(), **kwargs},
+                                  daemon=True)
+        thread.start()
+        assert listening.wait(10.0)
+        started.append((done, thread))
+        return endpoint
+
+    yield start
+    for done, thread in started:
+        done.set()
+        thread.join(10.0)
+        assert not thread.is_alive()
+
+
+def test_stop_is_answered_at_once_during_a_long_wait(in_process_server):
+    backend = Sleeper()
+    endpoint = in_process_server(backend)
+    waiter = RemoteMicroscope(endpoint, 10.0)
+    outcome = {}
+
+    def wait():
+        started = time.monotonic()
+        waiter.wait(3.0)
+        outcome["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    try:
+        time.sleep(0.3)  # the wait is under way
+        with pytest.raises(RemoteError, match="busy: a wait is under way"):  # a second client's describe
+            RemoteMicroscope(endpoint, 5.0)
+        stops = []
+        for request_id in range(5):
+            started = time.monotonic()
+            reply = raw_request(endpoint, [header("stop", request_id=request_id)])
+            stops.append(time.monotonic() - started)
+            assert reply["ok"] and reply["result"] == {"stopped": True}
+        assert max(stops) < 1.0, stops  # the requirement is 100 ms; measured ~1 ms on loopback
+        assert thread.is_alive()  # the wait goes on: a stop ends moves, not waits
+        thread.join(10.0)
+        assert 2.9 < outcome["seconds"] < 8.0
+        assert waiter.time_s() == 3.0
+    finally:
+        waiter.close()
+
+
+def test_a_finished_move_is_answered_without_a_polling_delay(in_process_server):
+    backend = Sleeper()
+    client = RemoteMicroscope(in_process_server(backend), 10.0)
+    try:
+        started = time.monotonic()
+        for step in range(30):
+            client.move_to(StagePosition(x_nm=10.0 * step))
+        elapsed = time.monotonic() - started
+    finally:
+        client.close()
+    assert len(backend.moves) == 30
+    assert elapsed < 1.5, elapsed  # a 100 ms poll per reply takes ~3 s; measured ~0.2 s (5 ms per move)
+
+
+def test_waits_beyond_the_server_limit_are_refused_and_the_client_sends_them_in_parts(in_process_server):
+    backend = Sleeper()
+    endpoint = in_process_server(backend, max_wait_s=0.2)
+    reply = raw_request(endpoint, [header("wait", {"seconds": 0.5})])
+    assert not reply["ok"] and "at most max_wait_s = 0.2, got 0.5" in reply["error"] and backend.clock_s == 0.0
+    client = RemoteMicroscope(endpoint, 5.0)
+    assert client.max_wait_s == 0.2
+    client.wait(0.5)  # 0.2 + 0.2 + 0.1
+    assert math.isclose(client.time_s(), 0.5)
+    client.max_wait_s = 1e-6  # as a careless server might say
+    with pytest.raises(RemoteError, match=r"a wait of 1 s needs more than 1000 waits of the server's max_wait_s"):
+        client.wait(1.0)
+    assert math.isclose(client.time_s(), 0.5)  # nothing was sent
+    client.close()
+
+
+def test_log_lines_from_the_loop_and_the_worker_are_whole(in_process_server):
+    lines, writes = [], []
+    lock = threading.Lock()
+
+    def log(line):
+        with lock:  # count calls: each must be one whole line
+            writes.append(line)
+        for part in (line[: len(line) // 2], line[len(line) // 2:] + "\n"):  # a writer slow enough to interleave
+            lines.append(part)
+            time.sleep(0.0005)
+
+    backend = Sleeper()
+    endpoint = in_process_server(backend, log=log, verbose=True)
+    mover = RemoteMicroscope(endpoint, 10.0)
+    stopper = threading.Thread(target=lambda: [raw_request(endpoint, [header("stop", request_id=i)])
+                                               for i in range(40)])
+    stopper.start()
+    for step in range(40):
+        mover.move_to(StagePosition(x_nm=float(step)))
+    stopper.join(20.0)
+    mover.close()
+    text = "".join(lines).splitlines()
+    assert len(text) == len(writes) >= 80
+    assert all(re.fullmatch(r"(move_to x=\S+ y=0 z=0 alpha=0 beta=0|stop \(stage stopped where it is\)|"
+                            r"describe \(a client starts\)|close \(the client is done\))", line) for line in text), text
+
+
+def test_the_plan_is_checked_against_the_servers_limits_before_anything_moves(server, tmp_path):
+    narrow = tmp_path / "narrow.toml"
+    text = Path(load_holder("default").path).read_text()
+    narrow.write_text(text.replace("x_nm = [-1.0e6, 1.0e6]", "x_nm = [-1000.0, 1000.0]"))
+    assert "x_nm = [-1000.0, 1000.0]" in narrow.read_text()
+    endpoint, process = server("--holder", str(narrow), "--verbose")
+    run = AcceptanceRun(endpoint, "default", None, reports_dir=tmp_path, record=str(tmp_path / "rec"))
+    with pytest.raises(MoveRefused) as info:  # x runs to 1200 nm and beyond: the client's holder allows it
+        run.prepare(("hysteresis-x",))
+    message = str(info.value)
+    assert "\n" not in message and f"refused by the limits the server at {endpoint} enforces" in message
+    assert "x = 1200 nm is outside the holder limit x_nm = [-1000, 1000]" in message
+    assert run.prepare(("dwell",)) is None  # a plan inside both is fine
+    run.close()
+    time.sleep(0.3)
+    assert not any("move_to" in line for line in process.log_lines)  # nothing moved
+    assert not (tmp_path / "rec").exists()
+
+
+def test_the_run_keeps_to_the_stricter_limit_on_each_axis(server, tmp_path):
+    narrow = tmp_path / "narrow.toml"
+    narrow.write_text(Path(load_holder("default").path).read_text()
+                      .replace("x_nm = [-1.0e6, 1.0e6]", "x_nm = [-5000.0, 1.0e7]"))
+    endpoint, _ = server("--holder", str(narrow))
+    run = AcceptanceRun(endpoint, "default", None, reports_dir=tmp_path)
+    run.prepare(("dwell",))
+    try:
+        assert run._microscope.limits["x_nm"] == (-5000.0, 1.0e6)  # the server's low end, the holder's high end
+        assert run._microscope.limits["y_nm"] == (-1.0e6, 1.0e6)
+    finally:
+        run.close()
+
+
+def test_pytest_run_refused_by_the_servers_limits_is_a_usage_error(pytester, server, tmp_path):
+    import shutil
+
+    from conftest import SUITES
+
+    shutil.copytree(SUITES, pytester.path / "suites")
+    narrow = tmp_path / "narrow.toml"
+    narrow.write_text(Path(load_holder("default").path).read_text()
+                      .replace("x_nm = [-1.0e6, 1.0e6]", "x_nm = [-1000.0, 1000.0]"))
+    endpoint, _ = server("--holder", str(narrow))
+    result = pytester.runpytest_subprocess("suites", "-p", "no:cacheprovider", f"--microscope={endpoint}",
+                                           "--holder=default", f"--record={tmp_path / 'rec'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if line.strip()]
+    assert len(errors) == 1 and f"refused by the limits the server at {endpoint} enforces" in errors[0], errors
+    assert not (tmp_path / "rec").exists()
+
+
 def test_pytest_run_against_a_killed_server_writes_an_incomplete_report_and_a_restart_passes(pytester, tmp_path):
     import shutil
     import threading
@@ -492,6 +742,11 @@ def test_pytest_run_against_a_killed_server_writes_an_incomplete_report_and_a_re
     assert "at" in killed
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*INCOMPLETE RUN*", "*no reply to '*' within 3 s*"])
+    # one line says why the run ended; no traceback, no error per test
+    output = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in output and "RemoteError" not in output and "\nE   " not in output
+    result.stdout.fnmatch_lines(["*Exit: stage-acceptance: the run stopped after * frame(s): *no reply to '*' "
+                                 "within 3 s*"])
     frames = read_recording(record).frames
     assert 10 <= len(frames) < 20  # intact up to its last frame
     assert "INCOMPLETE RUN" in html.read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import time
@@ -34,6 +36,33 @@ def test_keys_command_creates_both_pairs_and_never_overwrites(tmp_path, capsys):
     assert main(["keys", str(tmp_path / "k")]) == 2
     error = capsys.readouterr().err
     assert "already holds keys" in error and error.count("\n") == 1
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_secret_keys_are_private(tmp_path):
+    root = create_keys(tmp_path / "k")
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert stat.S_IMODE((root / "authorized").stat().st_mode) == 0o700
+    for name in ("server.key_secret", "client.key_secret"):
+        assert stat.S_IMODE((root / name).stat().st_mode) == 0o600, name
+    (tmp_path / "empty").mkdir(mode=0o755)
+    assert stat.S_IMODE(create_keys(tmp_path / "empty").stat().st_mode) == 0o700
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("x")
+    with pytest.raises(KeysError, match="is not an empty folder"):
+        create_keys(tmp_path / "busy")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
+def test_server_refuses_a_secret_key_others_can_read(tmp_path, capsys, mode):
+    keys = create_keys(tmp_path / "k")
+    (keys / "server.key_secret").chmod(mode)
+    status = main(["serve", "--microscope", CASE_A, "--bind", f"tcp://127.0.0.1:{free_port()}", "--keys", str(keys)])
+    captured = capsys.readouterr()
+    assert status == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert f"{keys / 'server.key_secret'}: secret key is open to group or others (mode 0{mode:o})" in captured.err
 
 
 def test_client_with_the_keys_is_served(curve_server):

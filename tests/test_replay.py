@@ -16,13 +16,13 @@ from stage_acceptance.session import read_recording
 
 def rewrite_as_foreign(session, directory):
     """Write `session` the way a minimal third-party script would."""
-    (directory / "frames").mkdir(parents=True)
+    (directory / "images" / "shots").mkdir(parents=True)
     (directory / "session.json").write_text(json.dumps({
         "format": "stage-acceptance/recording", "version": 1, "microscope": "foreign scope",
         "pixel_size_nm": session.pixel_size_nm, "acquired_by": "a SerialEM script"}))
     with open(directory / "frames.jsonl", "w") as handle:
         for frame in session.frames:
-            name = f"frames/shot_{frame.index:03d}.tiff"
+            name = f"images/shots/shot_{frame.index:03d}.tiff"  # any file names inside images/
             tifffile.imwrite(directory / name, session.image(frame.index).astype(np.float32) / 7.0)
             target = {k: v for k, v in frame.target.as_dict().items() if v != 0.0}
             handle.write(json.dumps({"index": frame.index, "time_s": frame.time_s, "target": target,

@@ -93,8 +93,22 @@ def corrupt_line(directory, line_no, text):
         ('{"index": 1, "time_s": 1.0, "target": {"x": "far"}, "reported": {}, "image": "images/f1.tif"}',
          "key 'target.x' has bad value 'far'"),
         ('{"index": 1, "time_s": 1.0, "target": {"q": 1}, "reported": {}, "image": "images/f1.tif"}', "target"),
-        ('{"index": 1, "time_s": 1.0, "target": {}, "reported": {}, "image": "images/missing.tif"}',
-         "'images/missing.tif' not found"),
+        ('{"index": 1, "time_s": -1.0, "target": {}, "reported": {}, "image": "images/f1.tif"}',
+         "key 'time_s' has bad value -1.0"),
+        ('{"index": 1, "time_s": 1e400, "target": {}, "reported": {}, "image": "images/f1.tif"}',
+         "key 'time_s'"),
+        ('{"index": 1, "time_s": 1.0, "target": {"x": 1' + "0" * 5000 + '}, "reported": {}, "image": "images/f1.tif"}',
+         "not valid JSON"),
+        ('{"index": 1, "time_s": 1.0, "target": {"x": 1' + "0" * 50 + '}, "reported": {}, "image": "images/f1.tif"}',
+         "key 'target.x'"),
+        ('{"index": 1, "time_s": 1.0, "target": ' + "[" * 5000 + "]" * 5000 + ', "reported": {}, "image": "x"}',
+         "not valid JSON"),
+        ('{"index": 1, "time_s": 1.0, "target": {}, "reported": {}, "image": "../../etc/passwd"}',
+         "key 'image' is '../../etc/passwd': a path with '..'"),
+        ('{"index": 1, "time_s": 1.0, "target": {}, "reported": {}, "image": "/etc/passwd"}',
+         "key 'image' is '/etc/passwd': an absolute path"),
+        ('{"index": 1, "time_s": 1.0, "target": {}, "reported": {}, "image": "f1.tif"}',
+         "not inside the recording's images/ folder"),
         ('{"index": 1, "time_s": NaN, "target": {}, "reported": {}, "image": "images/f1.tif"}', "not valid JSON"),
     ],
 )
@@ -123,18 +137,89 @@ def test_malformed_session_json_is_named(tmp_path, override, expected):
     assert str(directory / "session.json") in str(info.value)
 
 
-def test_images_of_different_shapes_are_refused(tmp_path):
+def test_a_frame_of_another_shape_is_marked_not_refused(tmp_path):
     directory = make_recording(tmp_path / "r")
     tifffile.imwrite(directory / "images" / "f2.tif", np.zeros((8, 8), dtype=np.uint16))
-    with pytest.raises(RecordingError, match=r"frames.jsonl:3: .*shape \(8, 8\)"):
-        read_recording(directory)
+    session = read_recording(directory)
+    assert session.unreadable == {2: "image 'images/f2.tif' has shape (8, 8), the session's frames are (16, 16)"}
+    with pytest.raises(RecordingError, match=r"^frame 2: image 'images/f2.tif' has shape \(8, 8\)"):
+        session.image(2)
+    assert session.frame_shape == (16, 16)
 
 
-def test_colour_image_is_refused(tmp_path):
+def test_a_colour_missing_or_foreign_image_is_marked_without_echoing_it(tmp_path):
     directory = make_recording(tmp_path / "r")
     tifffile.imwrite(directory / "images" / "f1.tif", np.zeros((16, 16, 3), dtype=np.uint8), photometric="rgb")
-    with pytest.raises(RecordingError, match=r"frames.jsonl:2: .*single-channel"):
+    (directory / "images" / "f2.tif").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    session = read_recording(directory)
+    assert "single-channel" in session.unreadable[1]
+    assert session.unreadable[2] == "image 'images/f2.tif' is not a readable TIFF (TiffFileError)"
+    (directory / "images" / "f2.tif").unlink()
+    assert read_recording(directory).unreadable[2] == "image 'images/f2.tif' not found"
+
+
+def test_a_symlink_out_of_the_images_folder_is_refused_unread(tmp_path):
+    directory = make_recording(tmp_path / "r")
+    secret = tmp_path / "secret.tif"
+    tifffile.imwrite(secret, np.ones((16, 16), dtype=np.uint16))
+    (directory / "images" / "f1.tif").unlink()
+    (directory / "images" / "f1.tif").symlink_to(secret)
+    with pytest.raises(RecordingError, match=r"frames.jsonl:2: key 'image' is 'images/f1.tif': a link out of"):
         read_recording(directory)
+    # the images/ folder itself linked elsewhere
+    other = make_recording(tmp_path / "o")
+    (other / "images").rename(tmp_path / "elsewhere")
+    (other / "images").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RecordingError, match="images/ folder that is a link out of the recording"):
+        read_recording(other)
+
+
+def test_frame_times_must_not_decrease(tmp_path):
+    directory = make_recording(tmp_path / "r")
+    corrupt_line(directory, 3, '{"index": 2, "time_s": 0.5, "target": {}, "reported": {}, "image": "images/f2.tif"}')
+    with pytest.raises(RecordingError, match=r"frames.jsonl:3: key 'time_s' is 0.5, before the previous frame's 1"):
+        read_recording(directory)
+
+
+def test_a_torn_last_line_is_read_up_to_the_last_whole_frame_and_flagged(tmp_path):
+    directory = make_recording(tmp_path / "r", n=4)
+    text = (directory / "frames.jsonl").read_text()
+    (directory / "frames.jsonl").write_text(text[:-20])  # the last line cut mid-way, as by a killed writer
+    session = read_recording(directory)
+    assert len(session.frames) == 3
+    assert "frames.jsonl:4: the last line is torn" in session.incomplete
+    # a bad line that is not the last is an error, not a tear
+    corrupt_line(directory, 2, '{"index": 1, "time_s"')
+    with pytest.raises(RecordingError, match="frames.jsonl:2: not valid JSON"):
+        read_recording(directory)
+
+
+def test_a_recording_says_whether_its_run_finished(tmp_path):
+    meta = {"microscope": "scope", "pixel_size_nm": 2.0}
+    for finish in (True, False):
+        writer = RecordingWriter(tmp_path / str(finish), meta)
+        for k in range(3):
+            writer.append(time_s=float(k), target=StagePosition(), reported=StagePosition(),
+                          image=np.full((16, 16), k, dtype=np.uint16), protocol=None)
+        writer.finish() if finish else writer.close()
+        session = read_recording(tmp_path / str(finish))
+        assert session.meta["stage_acceptance"]["complete"] is finish
+        assert (session.incomplete is None) is finish
+        assert (tmp_path / str(finish) / "session.json").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"\xff\xfe{\x00}\x00", "byte-order mark"),
+    (b'{"format": "stage-acceptance/recording", "microscope": "\xe9"}', "not UTF-8 text (byte 56)"),
+    (b"[" * 100_000, "not valid JSON"),
+    (b" " * (2 << 20), "bytes, more than the"),
+])
+def test_malformed_session_json_is_one_line(tmp_path, content, expected):
+    directory = make_recording(tmp_path / "r")
+    (directory / "session.json").write_bytes(content)
+    with pytest.raises(RecordingError) as info:
+        read_recording(directory)
+    assert expected in str(info.value) and "\n" not in str(info.value) and len(str(info.value)) < 300
 
 
 def test_missing_folder_and_files(tmp_path):

@@ -68,7 +68,7 @@ class ReplayMicroscope:
         self.session = session
         self.name = session.microscope
         self.pixel_size_nm = session.pixel_size_nm
-        self.frame_px = int(session.image(0).shape[1])
+        self.frame_px = int(session.frame_shape[1])
         self._targets = np.array([frame.target.as_array() for frame in session.frames])
         self._reported = np.array([frame.reported.as_array() for frame in session.frames])
         extension = session.meta.get("stage_acceptance") or {}

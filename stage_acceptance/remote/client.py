@@ -2,22 +2,28 @@
 
 Every call has a timeout. When a reply does not come within ``timeout_s`` the call
 raises :class:`RemoteError` and the socket is replaced, so the next call reaches a
-restarted server.
+restarted server. Whatever the server sends back, a call either returns checked data
+or raises :class:`RemoteError` with one line.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
 import zmq
 
 from ..config import MICROSCOPE_SCHEMA, schema_problem
-from ..geometry import StagePosition, StageToImage
+from ..geometry import AXIS_FIELDS, StagePosition, StageToImage
 from .keys import client_keys
-from .protocol import MAX_MESSAGE_BYTES, ProtocolError, decode_reply, encode_request, position_from_wire, \
-    position_to_wire
+from .protocol import (MAX_MESSAGE_BYTES, ProtocolError, decode_reply, encode_request, finite_number, one_line,
+                       position_from_wire, position_to_wire, shown)
+
+
+MAX_WAIT_PARTS = 1000
+"""Most parts a wait longer than the server's ``max_wait_s`` is sent in."""
 
 
 class RemoteError(RuntimeError):
@@ -31,30 +37,81 @@ def _served_settings(info: dict) -> tuple[str | None, dict | None, StageToImage 
     ------
     ValueError
         One line naming the key and value that break the microscope-v1 schema.
+    ProtocolError
+        For a rotation that is not a finite number.
     """
     holder = info.get("holder")
     if holder is not None and not (isinstance(holder, str) and holder):
-        raise ValueError(f"key 'holder' has bad value {holder!r}: must be a holder name")
+        raise ValueError(f"key 'holder' has bad value {shown(holder)}: must be a holder name")
     for key in ("protocol", "stage_to_image"):
         if key in info:
             problem = schema_problem({key: info[key]}, {"type": "object", "properties": {
                 key: MICROSCOPE_SCHEMA["properties"][key]}})
             if problem:
-                raise ValueError(problem)
+                raise ValueError(one_line(problem)[:300])
     protocol = info.get("protocol")
     transform = info.get("stage_to_image")
     if transform is not None:
-        transform = StageToImage(float(transform["rotation_deg"]), bool(transform.get("flip_y", False)))
+        rotation_deg = finite_number(transform["rotation_deg"], "key 'stage_to_image.rotation_deg'")
+        transform = StageToImage(rotation_deg, bool(transform.get("flip_y", False)))
     return holder, protocol, transform
+
+
+def served_limits(info: dict) -> dict[str, tuple[float, float]]:
+    """The travel limits a describe result says the server enforces.
+
+    An axis the server does not name is not limited by the server.
+
+    Raises
+    ------
+    ValueError
+        One line naming the key and value, for limits that are not ``[low, high]``
+        pairs of finite numbers with ``low <= high``.
+    """
+    limits = info.get("limits")
+    if not isinstance(limits, dict):
+        raise ValueError(f"key 'limits' has bad value {shown(limits)}: must be an object of [low, high] pairs")
+    served = {}
+    for key in AXIS_FIELDS.values():
+        if key not in limits:
+            continue
+        pair = limits[key]
+        try:
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise ProtocolError("not a pair")
+            low, high = (finite_number(value, key) for value in pair)
+        except ProtocolError:
+            raise ValueError(f"key 'limits.{key}' has bad value {shown(pair)}: must be [low, high], finite "
+                             f"numbers") from None
+        if low > high:
+            raise ValueError(f"key 'limits.{key}' has bad value {shown(pair)}: low is above high")
+        served[key] = (low, high)
+    return served
+
+
+def _max_wait_s(info: dict) -> float | None:
+    """The optional ``max_wait_s`` of a describe result (None if not given)."""
+    if "max_wait_s" not in info:
+        return None
+    value = info["max_wait_s"]
+    try:
+        seconds = finite_number(value, "max_wait_s")
+    except ProtocolError:
+        seconds = math.nan
+    if not seconds > 0:
+        raise ValueError(f"key 'max_wait_s' has bad value {shown(value)}: must be a finite number > 0")
+    return seconds
 
 
 class RemoteMicroscope:
     """The client side: a microscope at a ZeroMQ endpoint.
 
-    ``name``, ``pixel_size_nm``, ``frame_px`` and ``limits`` come from the server's
-    ``describe``, asked when the client is created, and so do the optional ``holder``
-    (a holder name), ``protocol`` (``[protocol]`` keys) and ``stage_to_image``
-    (None when the server does not give them).
+    ``name``, ``pixel_size_nm``, ``frame_px`` and ``limits`` (the travel limits the
+    server enforces, per axis it names) come from the server's ``describe``, asked when
+    the client is created, and so do the optional ``holder`` (a holder name),
+    ``protocol`` (``[protocol]`` keys), ``stage_to_image`` and ``max_wait_s`` (the
+    longest ``wait`` the server serves; longer waits are sent in parts) (None when the
+    server does not give them).
 
     Parameters
     ----------
@@ -88,14 +145,27 @@ class RemoteMicroscope:
         self._connect()
         try:
             info = self._request("describe")
-            self.name = str(info["name"])
-            self.pixel_size_nm = float(info["pixel_size_nm"])
-            self.frame_px = int(info["frame_px"])
-            self.limits = {key: (float(low), float(high)) for key, (low, high) in info["limits"].items()}
+            name = info["name"]
+            if not (isinstance(name, str) and name):
+                raise ValueError(f"key 'name' has bad value {shown(name)}: must be a non-empty string")
+            self.name = name
+            self.pixel_size_nm = finite_number(info["pixel_size_nm"], "pixel_size_nm")
+            if not self.pixel_size_nm > 0:
+                raise ValueError(f"key 'pixel_size_nm' has bad value {shown(info['pixel_size_nm'])}: must be > 0")
+            frame_px = info["frame_px"]
+            if (isinstance(frame_px, bool) or not isinstance(frame_px, (int, float))
+                    or not 1 <= frame_px <= 1 << 20 or frame_px != int(frame_px)):
+                raise ValueError(f"key 'frame_px' has bad value {shown(frame_px)}: must be a positive integer")
+            self.frame_px = int(frame_px)
+            self.limits = served_limits(info)
+            self.max_wait_s = _max_wait_s(info)
             self.holder, self.protocol, self.stage_to_image = _served_settings(info)
-        except (KeyError, TypeError, ValueError) as exc:
+        except KeyError as exc:
             self._release()
-            raise RemoteError(f"remote microscope at {endpoint}: bad describe reply: {exc}") from None
+            raise RemoteError(f"remote microscope at {endpoint}: bad describe reply: it lacks key {exc}") from None
+        except (TypeError, ValueError, ArithmeticError, ProtocolError) as exc:
+            self._release()
+            raise RemoteError(f"remote microscope at {endpoint}: bad describe reply: {one_line(exc)}") from None
         except RemoteError:
             self._release()
             raise
@@ -122,6 +192,7 @@ class RemoteMicroscope:
         return socket
 
     def _request(self, call: str, args: dict | None = None, *, want_image: bool = False):
+        """Send one call and return its checked result."""
         if self._socket is None:
             raise RemoteError(f"remote microscope at {self.endpoint}: {call} after close()")
         request_id = next(self._ids)
@@ -142,6 +213,9 @@ class RemoteMicroscope:
             reply = decode_reply(frames, self.max_message_bytes)
         except ProtocolError as exc:
             raise RemoteError(f"remote microscope at {self.endpoint}: bad reply to '{call}': {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - whatever a server sends, the caller gets one line
+            raise RemoteError(f"remote microscope at {self.endpoint}: bad reply to '{call}': "
+                              f"{type(exc).__name__}") from None
         if reply.id != request_id:
             self._connect()
             raise RemoteError(f"remote microscope at {self.endpoint}: reply to '{call}' has id {reply.id}, "
@@ -171,13 +245,30 @@ class RemoteMicroscope:
         return image
 
     def wait(self, seconds: float) -> None:
-        self._request("wait", {"seconds": float(seconds)})
+        """Let `seconds` of instrument time pass.
+
+        A wait longer than the server's ``max_wait_s`` is sent in parts.
+        """
+        seconds = float(seconds)
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"wait time must be a finite number >= 0 s, got {seconds}")
+        part_s = self.max_wait_s or seconds
+        if seconds > MAX_WAIT_PARTS * part_s:
+            raise RemoteError(f"remote microscope at {self.endpoint}: a wait of {seconds:g} s needs more than "
+                              f"{MAX_WAIT_PARTS} waits of the server's max_wait_s = {part_s:g} s")
+        while True:
+            step_s = min(seconds, part_s)
+            self._request("wait", {"seconds": step_s})
+            seconds -= step_s
+            if seconds <= 0:
+                return
 
     def time_s(self) -> float:
         value = self._request("time").get("time_s")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RemoteError(f"remote microscope at {self.endpoint}: bad time reply {value!r}")
-        return float(value)
+        try:
+            return finite_number(value, "time_s")
+        except ProtocolError:
+            raise RemoteError(f"remote microscope at {self.endpoint}: bad time reply {shown(value)}") from None
 
     def stop(self) -> None:
         """Ask the server to stop the stage where it is, even during a move.
@@ -200,6 +291,8 @@ class RemoteMicroscope:
                               f"{self.timeout_s:g} s") from None
         except (zmq.ZMQError, ProtocolError) as exc:
             raise RemoteError(f"remote microscope at {self.endpoint}: 'stop' failed: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - one line whatever the server sent
+            raise RemoteError(f"remote microscope at {self.endpoint}: 'stop' failed: {type(exc).__name__}") from None
         finally:
             socket.close(linger=0)
         if not reply.ok:

@@ -5,13 +5,16 @@ carries an image has the raw pixel bytes as frame 1. ``docs/protocol.md`` is the
 complete description for anyone writing a server for another vendor.
 
 Everything here is pure: bytes in, plain data out, :class:`ProtocolError` (one line)
-for anything malformed.
+for anything malformed. Sizes and JSON nesting are checked before a header is parsed,
+and every number is checked to be finite (integers of any length included) before it
+is used; an echoed value is cut to :data:`MAX_SHOWN_CHARS` characters.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,8 +36,17 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 """Largest JSON header accepted."""
 
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of JSON arrays and objects accepted in a header (checked before parsing)."""
+
+MAX_WAIT_S = 3600.0
+"""Default longest ``wait`` a server accepts (it says its own limit as ``max_wait_s``)."""
+
 MAX_ERROR_CHARS = 500
 """Longest error text sent; longer texts are cut."""
+
+MAX_SHOWN_CHARS = 60
+"""Longest echo of a received value in an error text."""
 
 DTYPES = ("uint8", "uint16", "int16", "int32", "float32", "float64")
 """Pixel types an image frame may carry (always little-endian on the wire)."""
@@ -94,6 +106,46 @@ def one_line(text: str) -> str:
     return flat if len(flat) <= MAX_ERROR_CHARS else flat[: MAX_ERROR_CHARS - 3] + "..."
 
 
+def shown(value) -> str:
+    """A short representation of a received value for an error text (never the whole of a huge input).
+
+    Strings and containers are cut to :data:`MAX_SHOWN_CHARS` characters; an integer of
+    more than 30 digits is shown by its number of digits.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        try:
+            return f"an integer of {len(str(abs(value)))} digits"
+        except ValueError:  # beyond Python's int-to-text limit
+            return f"an integer of about {int(abs(value).bit_length() * math.log10(2)) + 1} digits"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - whatever it is, it is named by its type
+        return f"a {type(value).__name__}"
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 3] + "..."
+
+
+def finite_number(value, what: str, request_id: int | None = None) -> float:
+    """`value` as a float if it is a finite JSON number (not a bool).
+
+    Integers of any length are accepted only if they fit a finite float.
+
+    Raises
+    ------
+    ProtocolError
+        Naming `what` and the (shortened) value.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(f"{what} must be a finite number, got {shown(value)}", request_id)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ProtocolError(f"{what} must be a finite number, got {shown(value)}", request_id)
+    return number
+
+
 def _dumps(header: dict) -> bytes:
     return json.dumps(header, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
@@ -102,8 +154,29 @@ def _reject_constant(constant: str):
     raise ValueError(f"{constant} is not allowed")
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_depth(data: bytes) -> int:
+    """How deep arrays and objects nest in the JSON text `data` (brackets in strings do not count).
+
+    A text that is not JSON gets some number; the parser then rejects it.
+    """
+    if data.count(b"[") + data.count(b"{") <= 1:
+        return 1 if (b"[" in data or b"{" in data) else 0
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub(b"", data)):
+        if bracket in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
 def _parse_header(frames: list[bytes], max_message_bytes: int) -> dict:
-    """Size checks and JSON parsing of frame 0; raise ProtocolError."""
+    """Size and nesting checks, then JSON parsing of frame 0; raise ProtocolError."""
     if not frames:
         raise ProtocolError("empty message: expected a JSON header frame")
     total = sum(len(frame) for frame in frames)
@@ -111,10 +184,14 @@ def _parse_header(frames: list[bytes], max_message_bytes: int) -> dict:
         raise ProtocolError(f"message of {total} bytes exceeds the maximum of {max_message_bytes} bytes")
     if len(frames[0]) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {len(frames[0])} bytes exceeds the maximum of {MAX_HEADER_BYTES} bytes")
+    data = bytes(frames[0])
+    depth = json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise ProtocolError(f"header nests arrays and objects {depth} deep; at most {MAX_JSON_DEPTH} are allowed")
     try:
-        header = json.loads(bytes(frames[0]).decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"header is not UTF-8 JSON: {one_line(exc)}") from None
+        header = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"header is not UTF-8 JSON: {one_line(exc)[:200]}") from None
     if not isinstance(header, dict):
         raise ProtocolError(f"header must be a JSON object, got {type(header).__name__}")
     return header
@@ -130,12 +207,13 @@ def _request_id(header: dict) -> int | None:
 def _check_envelope(header: dict) -> None:
     request_id = _request_id(header)
     if header.get("protocol") != PROTOCOL:
-        raise ProtocolError(f"header key 'protocol' must be {PROTOCOL!r}, got {header.get('protocol')!r}",
+        raise ProtocolError(f"header key 'protocol' must be {PROTOCOL!r}, got {shown(header.get('protocol'))}",
                             request_id)
-    if header.get("version") != VERSION or isinstance(header.get("version"), bool):
-        raise ProtocolError(f"header key 'version' must be {VERSION}, got {header.get('version')!r}", request_id)
+    version = header.get("version")
+    if isinstance(version, bool) or version != VERSION:
+        raise ProtocolError(f"header key 'version' must be {VERSION}, got {shown(version)}", request_id)
     if request_id is None:
-        raise ProtocolError(f"header key 'id' must be an integer in [0, 2**63), got {header.get('id')!r}")
+        raise ProtocolError(f"header key 'id' must be an integer in [0, 2**63), got {shown(header.get('id'))}")
 
 
 # --------------------------------------------------------------------------- positions
@@ -147,22 +225,22 @@ def position_to_wire(position: StagePosition) -> dict[str, float]:
 
 
 def position_from_wire(data, what: str = "position") -> StagePosition:
-    """Read a position object; all five axes are required.
+    """Read a position object; all five axes are required, each a finite number.
 
     Raises
     ------
     ProtocolError
-        Naming `what` and the bad key.
+        Naming `what`, the bad key and its (shortened) value.
     """
     if not isinstance(data, dict):
         raise ProtocolError(f"{what} must be an object with keys {list(AXES)}, got {type(data).__name__}")
+    unknown = [key for key in data if key not in AXES]
+    if unknown:
+        raise ProtocolError(f"{what} has unknown key(s) {shown(sorted(map(str, unknown)))}; expected {list(AXES)}")
     missing = [axis for axis in AXES if axis not in data]
     if missing:
         raise ProtocolError(f"{what} lacks key(s) {missing}")
-    try:
-        return StagePosition.from_dict(data)
-    except ValueError as exc:
-        raise ProtocolError(f"{what}: {exc}") from None
+    return StagePosition(*(finite_number(data[axis], f"{what} key '{axis}'") for axis in AXES))
 
 
 # --------------------------------------------------------------------------- requests
@@ -182,8 +260,21 @@ def encode_request(request_id: int, call: str, args: dict | None = None) -> list
                     "args": args or {}})]
 
 
-def decode_request(frames: list[bytes], max_message_bytes: int = MAX_MESSAGE_BYTES) -> Request:
+def decode_request(frames: list[bytes], max_message_bytes: int = MAX_MESSAGE_BYTES,
+                   max_wait_s: float = MAX_WAIT_S) -> Request:
     """Validate a request completely (header, call, argument names and values).
+
+    Numbers come out as floats: a ``move_to`` target as the five-axis position object,
+    ``wait`` seconds as a float in ``[0, max_wait_s]``.
+
+    Parameters
+    ----------
+    frames : list of bytes
+        The message (bytes-like frames).
+    max_message_bytes : int
+        Larger messages are refused before parsing.
+    max_wait_s : float
+        Longest ``wait`` accepted.
 
     Raises
     ------
@@ -195,30 +286,35 @@ def decode_request(frames: list[bytes], max_message_bytes: int = MAX_MESSAGE_BYT
     request_id = _request_id(header)
     unknown = sorted(set(header) - _REQUEST_KEYS)
     if unknown:
-        raise ProtocolError(f"unknown request header key(s) {unknown}", request_id)
+        raise ProtocolError(f"unknown request header key(s) {shown(unknown)}", request_id)
     if len(frames) != 1:
         raise ProtocolError(f"a request is one frame, got {len(frames)}", request_id)
     call = header.get("call")
-    if call not in CALLS:
-        raise ProtocolError(f"unknown call {call!r}; known calls: {', '.join(CALLS)}", request_id)
+    if not isinstance(call, str) or call not in CALLS:
+        raise ProtocolError(f"unknown call {shown(call)}; known calls: {', '.join(CALLS)}", request_id)
     args = header.get("args", {})
     if not isinstance(args, dict):
         raise ProtocolError(f"'args' of {call} must be an object, got {type(args).__name__}", request_id)
     expected = _CALL_ARGS[call]
     if set(args) != expected:
-        raise ProtocolError(f"'args' of {call} must have exactly the keys {sorted(expected)}, got {sorted(args)}",
-                            request_id)
+        raise ProtocolError(f"'args' of {call} must have exactly the keys {sorted(expected)}, got "
+                            f"{shown(sorted(args))}", request_id)
+    args = dict(args)
     if call == "move_to":
         try:
-            position_from_wire(args["target"], "move_to target")
+            args["target"] = position_to_wire(position_from_wire(args["target"], "move_to target"))
         except ProtocolError as exc:
             raise ProtocolError(str(exc), request_id) from None
     if call == "wait":
-        seconds = args["seconds"]
-        if (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds)
-                or seconds < 0):
-            raise ProtocolError(f"wait 'seconds' must be a finite number >= 0, got {seconds!r}", request_id)
-    return Request(request_id, call, dict(args))
+        try:
+            seconds = finite_number(args["seconds"], "wait 'seconds'")
+        except ProtocolError:
+            seconds = math.nan
+        if not 0 <= seconds <= max_wait_s:
+            raise ProtocolError(f"wait 'seconds' must be a finite number >= 0 and at most max_wait_s = "
+                                f"{max_wait_s:g}, got {shown(args['seconds'])}", request_id)
+        args["seconds"] = seconds
+    return Request(request_id, call, args)
 
 
 # --------------------------------------------------------------------------- replies
@@ -281,23 +377,23 @@ def decode_reply(frames: list[bytes], max_message_bytes: int = MAX_MESSAGE_BYTES
     """
     header = _parse_header(frames, max_message_bytes)
     if header.get("protocol") != PROTOCOL:
-        raise ProtocolError(f"reply key 'protocol' must be {PROTOCOL!r}, got {header.get('protocol')!r}")
+        raise ProtocolError(f"reply key 'protocol' must be {PROTOCOL!r}, got {shown(header.get('protocol'))}")
     if header.get("version") != VERSION:
-        raise ProtocolError(f"reply key 'version' must be {VERSION}, got {header.get('version')!r}")
+        raise ProtocolError(f"reply key 'version' must be {VERSION}, got {shown(header.get('version'))}")
     unknown = sorted(set(header) - _REPLY_KEYS)
     if unknown:
-        raise ProtocolError(f"unknown reply header key(s) {unknown}")
+        raise ProtocolError(f"unknown reply header key(s) {shown(unknown)}")
     request_id = header.get("id")
     if request_id is not None and _request_id(header) is None:
-        raise ProtocolError(f"reply key 'id' must be an integer or null, got {request_id!r}")
+        raise ProtocolError(f"reply key 'id' must be an integer or null, got {shown(request_id)}")
     ok = header.get("ok")
     if not isinstance(ok, bool):
-        raise ProtocolError(f"reply key 'ok' must be true or false, got {ok!r}")
+        raise ProtocolError(f"reply key 'ok' must be true or false, got {shown(ok)}")
     if not ok:
         error = header.get("error")
         if not isinstance(error, str) or len(frames) != 1:
             raise ProtocolError("an error reply must have a string 'error' and no further frames")
-        return Reply(request_id, False, error=error)
+        return Reply(request_id, False, error=one_line(error))
     result = header.get("result")
     if not isinstance(result, dict):
         raise ProtocolError(f"reply key 'result' must be an object, got {type(result).__name__}")
@@ -309,10 +405,10 @@ def decode_reply(frames: list[bytes], max_message_bytes: int = MAX_MESSAGE_BYTES
         raise ProtocolError(f"a reply has one or two frames, got {len(frames)}")
     dtype, shape = result.get("dtype"), result.get("shape")
     if dtype not in DTYPES:
-        raise ProtocolError(f"image 'dtype' must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise ProtocolError(f"image 'dtype' must be one of {', '.join(DTYPES)}, got {shown(dtype)}")
     if (not isinstance(shape, list) or len(shape) != 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
-        raise ProtocolError(f"image 'shape' must be [rows, columns] of positive integers, got {shape!r}")
+            or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= max_message_bytes for n in shape)):
+        raise ProtocolError(f"image 'shape' must be [rows, columns] of positive integers, got {shown(shape)}")
     wire_dtype = np.dtype(dtype).newbyteorder("<")
     expected = shape[0] * shape[1] * wire_dtype.itemsize
     if len(frames[1]) != expected:
