@@ -247,6 +247,9 @@ class _RunHooks:
     def pytest_sessionfinish(self, session, exitstatus):
         if self.run.incomplete:
             self.run.evaluate_partial()
+            if session.exitstatus == pytest.ExitCode.OK:
+                # an incomplete session accepts nothing, whatever the selected tests say
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.run.analysis is not None:
             self.results_path = self.run.write_results(self.tests)
 

@@ -214,3 +214,15 @@ def test_a_plan_the_holder_refuses_is_a_usage_error_and_moves_nothing(suites, tm
     # a selection that does not go that far is not refused
     run_suites(suites, f"--microscope={CONFIGS / 'case-a.toml'}", f"--holder={holder}", "-m", "drift",
                f"--record={record}").assert_outcomes(passed=1, deselected=20)
+
+
+def test_an_incomplete_recording_never_exits_0(suites, tmp_path):
+    record = tmp_path / "rec"
+    run_suites(suites, "-m", "drift", f"--microscope={CONFIGS / 'case-a.toml'}", f"--record={record}")
+    text = (record / "frames.jsonl").read_text()
+    (record / "frames.jsonl").write_text(text[:-30])  # a torn last line, as a killed run leaves it
+    results = tmp_path / "r.json"
+    result = run_suites(suites, "-m", "drift", f"--replay={record}", f"--results-json={results}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*INCOMPLETE: the recording is incomplete: *frames.jsonl:3: the last line is torn*"])
+    assert json.loads(results.read_text())["verdict"] == "incomplete"
