@@ -1,18 +1,39 @@
-"""Accuracy and speed of :func:`stage_acceptance.registration.register`.
+"""Speed and accuracy of the registration against scikit-image and the FFT floor.
 
-Registers 512 x 512 pairs of the analytic HAADF-like test specimen of
-``tests/test_registration.py`` (Gaussian particles, sigma 0.8-8 px, on a smooth
-background; Poisson counts, 20 per pixel on average) with random sub-pixel shifts,
-and prints a table of the RMS and largest error of the shift, the fraction of pairs
-trusted (``ok``) and the median time per registration. For comparison the same pairs
-are refined by other sub-pixel methods: none (integer peak), a parabola through the
-3 x 3 neighbourhood of the correlation peak, and an upsampled-DFT cross-correlation
-of Hann-windowed overlapping regions (Guizar-Sicairos 2008, scikit-image; skipped
-when scikit-image is not installed).
+Every cell (texture x frame size x dose x shift range) is a chain of frames of one
+specimen, each displaced from the previous one by a known sub-pixel shift; the pairs
+are consecutive frames. On the same pairs, in the same run, interleaved pair by pair:
+
+- **project, cold**: :func:`~stage_acceptance.registration.register` (both frames
+  prepared for this pair alone);
+- **project, session**: each frame prepared once with
+  :func:`~stage_acceptance.registration.prepare_frame` and used by both pairs it is in,
+  then :func:`~stage_acceptance.registration.register_prepared` (what the analysis
+  does); time per pair = (all preparations + all registrations) / pairs;
+- **skimage**: ``skimage.registration.phase_cross_correlation(reference, moving,
+  upsample_factor=100)`` (skipped when scikit-image is not installed: ``pip install
+  -e .[bench]``);
+- **floor**: three float32 FFTs of the frame size (``scipy.fft.rfft2`` of each frame,
+  ``irfft2`` of their product), ``workers=2``: what any FFT correlation of the two
+  frames costs at least.
+
+The project and the floor both run with ``workers=2`` FFTs. Times are medians over
+the pairs of a cell; ratios are taken pair by pair in the same run.
+
+Textures: ``real`` is the HAADF STEM frame in ``benchmarks/data`` (see its README),
+tiled by mirroring, blurred by 1 px; ``procedural`` is the simulator's specimen
+(:class:`stage_acceptance.sim.specimen.Specimen`, 7.32 nm pixels, 0.7 px blur).
+Counts are Poisson with mean ``dose x intensity`` (intensity about 1).
+
+Per cell the table gives the RMS error of the accepted pairs, and counts of
+*silent misses* (``ok`` but more than 1 px off) and *refusals* (not ``ok``; every pair
+of these cells overlaps by at least 29 %). scikit-image has no ``ok``: every result
+counts as accepted. A last block registers unrelated frames (nothing may be accepted).
 
 Usage::
 
-    python benchmarks/bench_registration.py [--pairs 50] [--seed 0]
+    python benchmarks/bench_registration.py [--sizes 512 1024] [--doses 5 20 100]
+        [--pairs 8] [--textures real procedural] [--seed 0]
 """
 
 from __future__ import annotations
@@ -21,136 +42,216 @@ import argparse
 import importlib.util
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.fft as sfft
+import tifffile
 
-from stage_acceptance.registration import normalised_cross_correlation, register
+from stage_acceptance.registration import prepare_frame, register, register_prepared
+from stage_acceptance.sim.specimen import ImageSpecimen, Specimen
 
-ROOT = Path(__file__).resolve().parents[1]
-SHAPE = (512, 512)
-DOSE = 20.0
-
-
-def _test_images():
-    """The image generator of tests/test_registration.py (one source of truth)."""
-    spec = importlib.util.spec_from_file_location("_registration_images", ROOT / "tests" / "test_registration.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _parabola_vertex(minus, centre, plus):
-    curvature = minus - 2.0 * centre + plus
-    return 0.0 if curvature >= 0 else 0.5 * (minus - plus) / curvature
+DATA = Path(__file__).resolve().parent / "data"
+REAL_IMAGE = DATA / "nist-titan-haadf-1024.tif"
+REAL_BLUR_PX = 1.0
+PROCEDURAL_PIXEL_NM = 7.32
+PROCEDURAL_BLUR_PX = 0.7
+WORKERS = 2
+SHIFT_RANGES = {"<=40%": (0.0, 0.4), "60-70%": (0.6, 0.7)}
+MISS_PX = 1.0
 
 
-def parabola_refined(reference, moving):
-    """Integer NCC peak refined by 1-D parabolas through its 3 x 3 neighbourhood."""
-    ncc, overlap = normalised_cross_correlation(reference, moving)
-    h, w = np.shape(reference)
-    score = np.where(overlap >= 0.1 * h * w, ncc, -np.inf)
-    i, j = np.unravel_index(np.argmax(score), score.shape)
-    return np.array([j - (w - 1) + _parabola_vertex(*ncc[i, j - 1:j + 2]),
-                     i - (h - 1) + _parabola_vertex(*ncc[i - 1:i + 2, j])])
+@dataclass(frozen=True)
+class Texture:
+    """A specimen to image: `render(origin_px, shape)` gives the intensity of the frame
+    whose pixel ``[r, c]`` sees the specimen point ``origin_px + (c, r)``."""
+
+    name: str
+    specimen: object
+    pixel: float
+    blur_px: float
+
+    def render(self, origin_px, shape):
+        return self.specimen.render_grid(np.asarray(origin_px) * self.pixel, (self.pixel, 0.0), (0.0, self.pixel),
+                                         shape, blur_nm=self.blur_px * self.pixel)
 
 
-def upsampled_dft_refined(reference, moving):
-    """Integer peak of :func:`register` refined by scikit-image's upsampled DFT."""
+def textures(names, seed):
+    """The textures called `names` (``real``, ``procedural``)."""
+    made = []
+    for name in names:
+        if name == "real":
+            made.append(Texture("real", ImageSpecimen(tifffile.imread(REAL_IMAGE), 1.0), 1.0, REAL_BLUR_PX))
+        elif name == "procedural":
+            made.append(Texture("procedural", Specimen(seed=seed), PROCEDURAL_PIXEL_NM, PROCEDURAL_BLUR_PX))
+        else:
+            raise ValueError(f"unknown texture {name!r}; choose real or procedural")
+    return made
+
+
+def chain_shifts(rng, count, size, fraction_range):
+    """`count` shifts ``(dx, dy)`` in px: within `fraction_range` of `size` along one axis
+    (both axes up to it for a range starting at 0), within 3 % along the other."""
+    low, high = fraction_range
+    shifts = []
+    for _ in range(count):
+        if low == 0:
+            shift = rng.uniform(-high, high, 2) * size
+        else:
+            axis = rng.integers(2)
+            shift = rng.uniform(-0.03, 0.03, 2) * size
+            shift[axis] = rng.choice([-1.0, 1.0]) * rng.uniform(low, high) * size
+        shifts.append(shift)
+    return shifts
+
+
+def chain(texture, rng, size, dose, shifts):
+    """Frames ``0..len(shifts)``; frame ``i + 1`` is frame ``i`` displaced by ``shifts[i]``.
+
+    The frames wander around the origin of the texture: each shift is applied in the
+    direction that brings the field back towards it (its size is kept).
+    """
+    origin = rng.uniform(0.0, 1.0, 2) + 0.25 * size
+    origins, signed = [origin], []
+    for shift in shifts:
+        shift = np.where(origin - 0.25 * size > 0, np.abs(shift), -np.abs(shift)) if texture.name == "real" else shift
+        origin = origin - shift  # moving[r, c] = reference[r - dy, c - dx]
+        origins.append(origin)
+        signed.append(shift)
+    frames = [rng.poisson(dose * texture.render(o, (size, size))).astype(np.uint16) for o in origins]
+    return frames, signed
+
+
+def unrelated_frames(texture, rng, size, dose):
+    """Two frames that share no part of the specimen."""
+    if texture.name == "real":  # the same field, once rotated by 90 degrees: no translation matches
+        first = rng.poisson(dose * texture.render((0.3, 0.7), (size, size)))
+        second = rng.poisson(dose * np.rot90(texture.render((0.6, 0.2), (size, size))))
+    else:
+        first = rng.poisson(dose * texture.render((0.0, 0.0), (size, size)))
+        second = rng.poisson(dose * texture.render((50.0 * size, 17.0 * size), (size, size)))
+    return first.astype(np.uint16), second.astype(np.uint16)
+
+
+def floor_fft(reference32, moving32):
+    """Three float32 FFTs of the frame size: the least an FFT correlation costs."""
+    size = reference32.shape
+    return sfft.irfft2(sfft.rfft2(reference32, workers=WORKERS) * sfft.rfft2(moving32, workers=WORKERS).conj(),
+                       size, workers=WORKERS)
+
+
+def skimage_shift(reference, moving):
+    """scikit-image's phase correlation, upsampled 100 times, as a shift ``(dx, dy)``."""
     from skimage.registration import phase_cross_correlation
 
-    dx, dy = (int(v) for v in register(reference, moving, upsample=1).shift_px)
-    h, w = np.shape(reference)
-    ref = np.asarray(reference, float)[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
-    mov = np.asarray(moving, float)[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
-    window = np.outer(np.hanning(ref.shape[0]), np.hanning(ref.shape[1]))
-    residual = phase_cross_correlation((ref - ref.mean()) * window, (mov - mov.mean()) * window,
-                                       upsample_factor=100, normalization=None)[0]
-    return np.array([dx - residual[1], dy - residual[0]])
+    shift_rc = phase_cross_correlation(reference, moving, upsample_factor=100)[0]
+    return -np.asarray(shift_rc)[::-1]  # skimage moves `moving` back onto `reference`
 
 
-def measure(pairs, method):
-    """RMS and max error (px), fraction ok, median seconds of `method` over `pairs`."""
-    errors, oks, seconds = [], [], []
-    for shift, reference, moving, prior in pairs:
-        start = time.perf_counter()
-        result = method(reference, moving, prior)
-        seconds.append(time.perf_counter() - start)
-        if isinstance(result, np.ndarray):
-            found, ok = result, True
+def _timed(function, *args):
+    start = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - start
+
+
+@dataclass
+class Tally:
+    """Outcomes of one method over the pairs of a cell."""
+
+    seconds: list
+    errors: list  # error norm of the accepted pairs, px
+    misses: int = 0
+    refused: int = 0
+
+    def add(self, seconds, shift, truth, ok):
+        self.seconds.append(seconds)
+        if not ok:
+            self.refused += 1
+            return
+        error = float(np.hypot(*(np.asarray(shift) - truth)))
+        if not error <= MISS_PX:
+            self.misses += 1
         else:
-            found, ok = result.shift_px, result.ok
-        errors.append(np.asarray(found) - shift)
-        oks.append(ok)
-    errors = np.asarray(errors)
-    norms = np.linalg.norm(errors, axis=1)
-    finite = np.isfinite(norms)
-    rms = float(np.sqrt(np.mean(norms[finite] ** 2))) if finite.any() else float("nan")
-    largest = float(norms[finite].max()) if finite.any() else float("nan")
-    return rms, largest, float(np.mean(oks)), float(np.median(seconds))
+            self.errors.append(error)
+
+    @property
+    def rms(self):
+        return float(np.sqrt(np.mean(np.square(self.errors)))) if self.errors else float("nan")
 
 
-def make_pairs(images, rng, count, shift_of, dose=DOSE, prior_sigma_px=None, unrelated=False):
-    pairs = []
-    for _ in range(count):
-        seed = int(rng.integers(2**32))
-        shift = shift_of(rng)
-        if unrelated:
-            reference, moving = images.unrelated_pair(SHAPE, dose, seed)
-        else:
-            reference, moving = images.image_pair(shift, SHAPE, dose, seed)
-        prior = None if prior_sigma_px is None else shift + rng.normal(0.0, prior_sigma_px, 2)
-        pairs.append((shift, reference, moving, prior))
-    return pairs
+def run_cell(texture, rng, size, dose, fraction_range, pairs, with_skimage):
+    """Time and score every method on one chain; returns a dict of tallies."""
+    frames, shifts = chain(texture, rng, size, dose, chain_shifts(rng, pairs, size, fraction_range))
+    tallies = {name: Tally([], []) for name in ("cold", "session", "skimage", "floor")}
+    prepared, prepare_seconds = [], []
+    for frame in frames:
+        frame_prepared, seconds = _timed(lambda f: prepare_frame(f, workers=WORKERS), frame)
+        prepared.append(frame_prepared)
+        prepare_seconds.append(seconds)
+    for i, truth in enumerate(shifts):
+        reference, moving = frames[i], frames[i + 1]
+        result, seconds = _timed(lambda a, b: register(a, b, workers=WORKERS), reference, moving)
+        tallies["cold"].add(seconds, result.shift_px, truth, result.ok)
+        result, seconds = _timed(lambda a, b: register_prepared(a, b, workers=WORKERS), prepared[i], prepared[i + 1])
+        # each frame's preparation is shared by the pairs it is in
+        share = sum(prepare_seconds[j] / (1 + (0 < j < len(frames) - 1)) for j in (i, i + 1))
+        tallies["session"].add(seconds + share, result.shift_px, truth, result.ok)
+        if with_skimage:
+            shift, seconds = _timed(skimage_shift, reference, moving)
+            tallies["skimage"].add(seconds, shift, truth, True)
+        as32 = reference.astype(np.float32), moving.astype(np.float32)
+        _, seconds = _timed(floor_fft, *as32)
+        tallies["floor"].add(seconds, truth, truth, True)
+    return tallies
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=50, help="random pairs per main scenario (default 50)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="frame sides, px")
+    parser.add_argument("--doses", type=float, nargs="+", default=[5.0, 20.0, 100.0], help="mean counts per pixel")
+    parser.add_argument("--pairs", type=int, default=8, help="pairs per cell (default 8)")
+    parser.add_argument("--shifts", nargs="+", default=list(SHIFT_RANGES), choices=list(SHIFT_RANGES))
+    parser.add_argument("--textures", nargs="+", default=["real", "procedural"], choices=["real", "procedural"])
+    parser.add_argument("--unrelated", type=int, default=4, help="unrelated pairs per texture and size")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    images = _test_images()
+    with_skimage = importlib.util.find_spec("skimage") is not None
     rng = np.random.default_rng(args.seed)
-    h, w = SHAPE
 
-    def within(fraction):
-        return lambda r: r.uniform(-fraction, fraction, 2) * [w, h]
-
-    def seventy_percent(r):
-        axis, sign = r.integers(2), r.choice([-1.0, 1.0])
-        shift = r.uniform(-0.5, 0.5, 2)
-        shift[axis] += sign * 0.7 * SHAPE[1 - axis]
-        return shift
-
-    ours = lambda reference, moving, prior: register(reference, moving, prior_shift_px=prior)  # noqa: E731
-    scenarios = [
-        ("|shift| <= 40 %, dose 20", make_pairs(images, rng, args.pairs, within(0.4))),
-        ("70 % along x or y, dose 20", make_pairs(images, rng, max(args.pairs // 2, 1), seventy_percent)),
-        ("|shift| <= 40 %, prior +- 5 px", make_pairs(images, rng, max(args.pairs // 5, 1), within(0.4),
-                                                      prior_sigma_px=5.0)),
-        ("|shift| <= 40 %, noise-free", make_pairs(images, rng, max(args.pairs // 5, 1), within(0.4), dose=None)),
-        ("unrelated images, dose 20", make_pairs(images, rng, max(args.pairs // 5, 1), within(0.0),
-                                                 unrelated=True)),
-    ]
-    methods = [("register (Gauss-Newton)", ours)]
-    alternatives = [
-        ("integer NCC peak", lambda reference, moving, prior: register(reference, moving, upsample=1)),
-        ("NCC peak + parabola", lambda reference, moving, prior: parabola_refined(reference, moving)),
-    ]
-    if importlib.util.find_spec("skimage") is not None:
-        alternatives.append(("upsampled DFT x100, Hann", lambda reference, moving, prior:
-                             upsampled_dft_refined(reference, moving)))
-
-    print(f"registration of {h} x {w} px pairs, seed {args.seed}, {os.cpu_count()} CPU(s)")
-    header = f"{'scenario':32s} {'method':26s} {'n':>4s} {'ok':>6s} {'RMS px':>8s} {'max px':>8s} {'ms':>6s}"
+    print(f"registration benchmark: {args.pairs} pairs per cell, seed {args.seed}, {os.cpu_count()} CPU(s), "
+          f"FFT workers {WORKERS}{'' if with_skimage else ', scikit-image not installed'}")
+    print("times: median ms per pair; ratios: median over pairs of time / floor time of the same pair")
+    header = (f"{'texture':10s} {'px':>4s} {'dose':>4s} {'shift':>6s} | {'floor':>5s} {'cold':>6s} {'sess':>6s} "
+              f"{'skimg':>6s} | {'cold/fl':>7s} {'sess/fl':>7s} {'skim/fl':>7s} | {'RMS px':>6s} {'miss':>4s} "
+              f"{'refus':>5s} | {'skim RMS':>8s} {'miss':>4s}")
     print(header)
     print("-" * len(header))
-    for index, (label, pairs) in enumerate(scenarios):
-        for name, method in methods + (alternatives if index == 0 else []):
-            rms, largest, ok, seconds = measure(pairs, method)
-            if label.startswith("unrelated"):
-                rms = largest = float("nan")  # no true shift; only `ok` matters
-            print(f"{label:32s} {name:26s} {len(pairs):4d} {ok:6.0%} {rms:8.4f} {largest:8.4f} {seconds * 1e3:6.0f}")
+    for texture in textures(args.textures, args.seed):
+        for size in args.sizes:
+            for dose in args.doses:
+                for label in args.shifts:
+                    t = run_cell(texture, rng, size, dose, SHIFT_RANGES[label], args.pairs, with_skimage)
+                    floor = np.asarray(t["floor"].seconds)
+
+                    def ms(name):
+                        return np.median(t[name].seconds) * 1e3 if t[name].seconds else float("nan")
+
+                    def ratio(name):
+                        return np.median(np.asarray(t[name].seconds) / floor) if t[name].seconds else float("nan")
+
+                    print(f"{texture.name:10s} {size:4d} {dose:4.0f} {label:>6s} | {ms('floor'):5.1f} {ms('cold'):6.1f} "
+                          f"{ms('session'):6.1f} {ms('skimage'):6.1f} | {ratio('cold'):7.2f} {ratio('session'):7.2f} "
+                          f"{ratio('skimage'):7.2f} | {t['cold'].rms:6.3f} {t['cold'].misses:4d} {t['cold'].refused:5d} | "
+                          f"{t['skimage'].rms:8.3f} {t['skimage'].misses:4d}", flush=True)
+    if args.unrelated:
+        print()
+        print(f"unrelated frames ({args.unrelated} pairs per texture and size, dose {max(args.doses):g}): accepted")
+        for texture in textures(args.textures, args.seed):
+            for size in args.sizes:
+                accepted = sum(register(*unrelated_frames(texture, rng, size, max(args.doses))).ok
+                               for _ in range(args.unrelated))
+                print(f"  {texture.name:10s} {size:4d} px: {accepted} of {args.unrelated}")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ def test_the_twin_reproduces_the_readback_jump(tmp_path):
     jumps = np.hypot(*(steps.reported_nm - steps.target_nm).T)
     motion = np.hypot(*steps.actual_nm.T)
     assert np.all(jumps == pytest.approx(19.5))  # every reading jumped by 19.5 nm
-    assert np.all(motion < 1.0)  # while the images show < 1 nm
+    # while the images show no motion: at 15 nm per pixel and 128 px the registration's
+    # precision is about 0.05 px (0.75 nm) per axis, so 0.2 px (3 nm) is 3 sigma of the length
+    assert np.all(motion < 3.0)
     truth = [r.actual for r in microscope.truth]
     assert truth[0] == truth[-1]

