@@ -180,7 +180,11 @@ class AcceptanceRun:
     """
 
     def __init__(self, microscope: str, holder: str | None, replay: str | None, *, reports_dir: Path,
-                 html: str | None = None, results: str | None = None, record: str | None = None):
+                 html: str | None = None, results: str | None = None, record: str | None = None,
+                 jobs: int | None = None):
+        if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 256):
+            raise ConfigError(f"--jobs {jobs!r}: must be an integer from 1 to 256 (threads registering at once)")
+        self.jobs = jobs
         self.replay = replay
         self.microscope_config: MicroscopeConfig | None = None
         self._session: Session | None = None
@@ -386,7 +390,8 @@ class AcceptanceRun:
             self._judge(selected=True)
         return self.analysis
 
-    def evaluate(self, progress: Callable[[str], None] | None = None, *, selected: bool = True) -> Analysis:
+    def evaluate(self, progress: Callable[[str], None] | None = None, *, selected: bool = True,
+                 pairs_progress: Callable[[int, int], None] | None = None) -> Analysis:
         """Analyse and certify the session (once).
 
         Parameters
@@ -396,9 +401,23 @@ class AcceptanceRun:
         selected : bool
             Whether the certification test is part of the run (without it no case is
             certified).
+        pairs_progress : callable, optional
+            ``pairs_progress(done, total)`` while frame pairs are registered.
+
+        Raises
+        ------
+        KeyboardInterrupt
+            Ctrl-C during the analysis: the run is marked incomplete (nothing is
+            accepted) and the recording stays as it is.
         """
         if self.analysis is None:
-            self.analysis = analyse(self.session(), progress=progress)
+            session = self.session()
+            try:
+                self.analysis = analyse(session, jobs=self.jobs, progress=progress, pairs_progress=pairs_progress)
+            except KeyboardInterrupt:
+                self.incomplete = (f"interrupted (Ctrl-C) during the analysis of {len(session.frames)} frames; "
+                                   f"nothing is certified (the recording is kept: analyse it again with --replay)")
+                raise
             self._judge(selected)
         return self.analysis
 

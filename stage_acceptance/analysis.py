@@ -18,8 +18,6 @@ coordinates.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -27,14 +25,12 @@ import numpy as np
 
 from . import intervals
 from .geometry import StageToImage, image_px_to_stage_nm, stage_nm_to_image_px
-from .registration import Registration, register, unregistered
-from .session import RecordingError, Session
+from .registration import Registration
+from .registry import commanded_nm, register_all, registration_plan, step_axis
+from .session import Session
 
 AXIS_NAMES = ("x", "y")
 TILT_NAMES = ("alpha", "beta")
-ALONG_TOLERANCE = 0.10
-"""A step is along axis a when its other target components are at most 10 % of it."""
-
 PAIRS = {
     "target_reported": ("target", "reported"),
     "target_actual": ("target", "actual"),
@@ -109,10 +105,6 @@ class Steps:
         return {"target": self.target_nm, "reported": self.reported_nm, "actual": self.actual_nm}[which]
 
 
-REGISTRATION_WORKERS = min(4, os.cpu_count() or 1)
-"""Threads that register frame pairs at once (2 cores: about 1.5 times faster)."""
-
-
 @dataclass(frozen=True)
 class PairRegistration:
     """Registration of frame `moving` against an earlier frame `reference`."""
@@ -120,65 +112,6 @@ class PairRegistration:
     reference: int
     moving: int
     result: Registration
-
-
-def predicted_shift_px(delta_nm: np.ndarray, pixel_size_nm: float, transform: StageToImage | None) -> np.ndarray | None:
-    """The image displacement a stage move should cause, or None without a transform."""
-    if transform is None:
-        return None
-    return stage_nm_to_image_px(delta_nm, pixel_size_nm, transform)
-
-
-def register_pairs(session: Session, pairs, transform: StageToImage | None,
-                   registrar: Callable[..., Registration] = register,
-                   workers: int | None = None) -> list[PairRegistration]:
-    """Register frame pairs ``(reference, moving)`` of a session.
-
-    The reported displacement, mapped into the image with `transform`, is passed to
-    the registration as a prior when the transform is known. Pairs are registered in
-    parallel threads (the FFTs release the GIL); the result does not depend on
-    `workers`.
-
-    Parameters
-    ----------
-    session : Session
-    pairs : iterable of (int, int)
-        Frame indices ``(reference, moving)``.
-    transform : StageToImage or None
-        Stage-to-image transform, if known.
-    registrar : callable
-        The registration function (default :func:`stage_acceptance.registration.register`).
-    workers : int, optional
-        Threads to use; default :data:`REGISTRATION_WORKERS`.
-
-    Returns
-    -------
-    list of PairRegistration
-        In the order of `pairs`.
-    """
-    pairs = list(pairs)
-    reported = session.reported_nm()[:, :2]
-
-    def one(pair):
-        ref, mov = pair
-        prior = predicted_shift_px(reported[mov] - reported[ref], session.pixel_size_nm, transform)
-        try:
-            result = registrar(session.image(ref), session.image(mov), prior_shift_px=prior)
-        except (RecordingError, ValueError) as exc:  # an unusable frame: the pair is left out, with why
-            result = unregistered(str(exc).splitlines()[0][:300])
-        return PairRegistration(ref, mov, result)
-
-    workers = REGISTRATION_WORKERS if workers is None else int(workers)
-    if workers <= 1 or len(pairs) < 2:
-        return [one(pair) for pair in pairs]
-    with ThreadPoolExecutor(max_workers=min(workers, len(pairs))) as pool:
-        return list(pool.map(one, pairs))
-
-
-def register_steps(session: Session, transform: StageToImage | None,
-                   registrar: Callable[..., Registration] = register) -> list[PairRegistration]:
-    """Register every consecutive frame pair ``i-1 -> i`` of a session."""
-    return register_pairs(session, [(i - 1, i) for i in range(1, len(session.frames))], transform, registrar)
 
 
 def estimate_stage_to_image(target_nm: np.ndarray, shift_px: np.ndarray, pixel_size_nm: float) -> StageToImage:
@@ -237,29 +170,6 @@ def estimate_stage_to_image(target_nm: np.ndarray, shift_px: np.ndarray, pixel_s
     return StageToImage(float(rotation), bool(best[2]))
 
 
-def step_axis(delta: np.ndarray, tilt_delta: np.ndarray | None = None) -> tuple[int, int]:
-    """Axis (0 = x, 1 = y, -1 = none) and direction (+1/-1/0) of one target step.
-
-    Parameters
-    ----------
-    delta : ndarray, (2,) or (3,)
-        Target displacement in nm (x, y[, z]).
-    tilt_delta : ndarray, optional
-        Change of alpha and beta (deg); a step that tilts is along no lateral axis.
-    """
-    delta = np.asarray(delta, dtype=float)
-    if tilt_delta is not None and np.any(np.abs(tilt_delta) > 0):
-        return -1, 0
-    magnitude = np.abs(delta)
-    a = int(np.argmax(magnitude[:2]))
-    if magnitude[a] == 0:
-        return -1, 0
-    others = np.delete(magnitude, a)
-    if np.all(others <= ALONG_TOLERANCE * magnitude[a]):
-        return a, int(np.sign(delta[a]))
-    return -1, 0
-
-
 def classify_steps(axis: np.ndarray, direction: np.ndarray) -> np.ndarray:
     """``"first"``, ``"reversal"``, ``"plain"`` or ``"other"`` for each step.
 
@@ -289,16 +199,6 @@ def images_overlap(delta_nm: np.ndarray, pixel_size_nm: float, frame_shape, tran
         return float(np.hypot(*delta_nm)) / pixel_size_nm < min(rows, cols)
     d = stage_nm_to_image_px(delta_nm, pixel_size_nm, transform)
     return abs(d[0]) < cols and abs(d[1]) < rows
-
-
-def commanded_nm(session: Session) -> np.ndarray:
-    """``(n_frames, 5)`` positions the moves were commanded to: the target, or where the
-    recording has none (``target: null``), the reported position."""
-    targets = session.targets_nm()
-    reported = session.reported_nm()
-    missing = ~np.all(np.isfinite(targets), axis=1)
-    targets[missing] = reported[missing]
-    return targets
 
 
 def build_steps(session: Session, registrations: list[PairRegistration], transform: StageToImage) -> Steps:
@@ -592,26 +492,6 @@ def coupling(target_nm: np.ndarray, actual_nm: np.ndarray, axis: np.ndarray) -> 
     return Coupling(slopes[0], slopes[1], skew)
 
 
-def revisit_groups(session: Session, steps: Steps, axis: int) -> list[list[int]]:
-    """Frames that visit the same target arriving from the same direction along `axis`.
-
-    Returns
-    -------
-    list of list of int
-        Each list holds frame indices (in order) with equal recorded targets, all
-        reached by a step along `axis` in the same direction; only groups of two or
-        more.
-    """
-    targets = session.targets_nm()
-    groups: dict[tuple, list[int]] = {}
-    for frame, a, d in zip(steps.frame, steps.axis, steps.direction):
-        if a != axis or not np.all(np.isfinite(targets[frame])):
-            continue
-        key = (tuple(np.round(targets[frame], 3)), int(d))
-        groups.setdefault(key, []).append(int(frame))
-    return [frames for frames in groups.values() if len(frames) >= 2]
-
-
 def repeatability_nm(deviations_nm: list[np.ndarray]) -> Measurement:
     """ISO 230-2 unidirectional repeatability ``max_j 4 s_j``, with its interval.
 
@@ -645,23 +525,6 @@ def repeatability_nm(deviations_nm: list[np.ndarray]) -> Measurement:
     stds = [float(np.std(dev, ddof=1)) for dev in counted]
     low, high = intervals.max_std_interval(stds, [len(dev) - 1 for dev in counted])
     return Measurement(4.0 * max(stds), (4.0 * low, 4.0 * high), evidence, "chi-square, per target")
-
-
-def dwell_runs(session: Session) -> list[list[int]]:
-    """Runs of two or more consecutive frames with the same recorded target (no move between)."""
-    targets = session.targets_nm()
-    runs: list[list[int]] = []
-    current = [0]
-    for i in range(1, len(targets)):
-        if np.all(np.isfinite(targets[i])) and np.array_equal(targets[i], targets[i - 1]):
-            current.append(i)
-        else:
-            if len(current) >= 2:
-                runs.append(current)
-            current = [i]
-    if len(current) >= 2:
-        runs.append(current)
-    return runs
 
 
 @dataclass(frozen=True)
@@ -991,19 +854,29 @@ class Analysis:
         return self.metrics["drift_nm_per_min"].value
 
 
-def analyse(session: Session, *, registrar: Callable[..., Registration] = register,
-            progress: Callable[[str], None] | None = None) -> Analysis:
+def analyse(session: Session, *, jobs: int | None = None, progress: Callable[[str], None] | None = None,
+            pairs_progress: Callable[[int, int], None] | None = None,
+            prepare: Callable | None = None, register: Callable[..., Registration] | None = None) -> Analysis:
     """Register, classify and measure a whole session (results-v1 metrics).
+
+    Every pair the metrics need (:func:`~stage_acceptance.registry.registration_plan`:
+    consecutive frames, revisits of a target against its first visit, frames without
+    a move against the first of their run) is registered once, each frame read and
+    prepared once (:func:`~stage_acceptance.registry.register_all`).
 
     Parameters
     ----------
     session : Session
         A recorded session (live or replayed).
-    registrar : callable, optional
-        Registration function; the default is the paper's normalised
-        cross-correlation.
+    jobs : int, optional
+        Threads registering pairs at once (default: every core).
     progress : callable, optional
         Called with a short message at each stage of the analysis.
+    pairs_progress : callable, optional
+        ``pairs_progress(done, total)`` while the pairs are registered.
+    prepare, register : callable, optional
+        The registration (default: the paper's normalised cross-correlation,
+        :mod:`stage_acceptance.registration`).
 
     Returns
     -------
@@ -1012,8 +885,15 @@ def analyse(session: Session, *, registrar: Callable[..., Registration] = regist
         is not measured and says why.
     """
     say = progress or (lambda message: None)
-    say(f"registering {len(session.frames) - 1} consecutive frame pairs")
-    registrations = register_steps(session, session.stage_to_image, registrar)
+    plan = registration_plan(session)
+    n = len(session.frames)
+    revisit_pairs = sum(len(group) - 1 for groups in plan.revisits.values() for group in groups)
+    dwell_pairs = sum(len(run) - 1 for run in plan.dwell)
+    say(f"registering {len(plan.pairs)} frame pairs of {n} frames ({n - 1} consecutive, {revisit_pairs} revisits, "
+        f"{dwell_pairs} without a move; each pair once)")
+    results = register_all(session, plan.pairs, session.stage_to_image, jobs=jobs, progress=pairs_progress,
+                           prepare=prepare, register=register)
+    registrations = [PairRegistration(i - 1, i, results[(i - 1, i)]) for i in range(1, n)]
     s2i = stage_to_image_of(session, registrations)
     if s2i.status == "estimated":
         low, high = s2i.rotation_ci95
@@ -1023,7 +903,7 @@ def analyse(session: Session, *, registrar: Callable[..., Registration] = regist
         say(f"stage-to-image rotation unknown: {s2i.reason}")
     transform = s2i.value
     steps = build_steps(session, registrations, transform)
-    failed = [f"frames {r.reference}->{r.moving}: {r.result.reason}" for r in registrations if not r.result.ok]
+    failed = [f"frames {ref}->{mov}: {result.reason}" for (ref, mov), result in results.items() if not result.ok]
     unoriented = f"needs the stage-to-image orientation, which is unknown: {s2i.reason}"
 
     pairs = {}
@@ -1052,22 +932,14 @@ def analyse(session: Session, *, registrar: Callable[..., Registration] = regist
     metrics: dict[str, Measurement] = {}
     revisits: dict[str, list[dict]] = {}
     for k, axis_name in enumerate(AXIS_NAMES):
-        groups = revisit_groups(session, steps, k)
-        pair_list = [(g[0], other) for g in groups for other in g[1:]]
-        if pair_list:
-            say(f"registering {len(pair_list)} revisits of the same targets along {axis_name} (repeatability)")
-        regs = {(r.reference, r.moving): r.result for r in register_pairs(session, pair_list, transform, registrar)}
         deviations = []
         records = []
-        for group in groups:
+        for group in plan.revisits[axis_name]:
             dev = [0.0]
             for other in group[1:]:
-                result = regs[(group[0], other)]
-                if result.ok:
-                    dev.append(float(image_px_to_stage_nm(result.shift_px, session.pixel_size_nm, transform)[k]))
-                else:
-                    failed.append(f"frames {group[0]}->{other}: {result.reason}")
-                    dev.append(np.nan)
+                result = results[(group[0], other)]
+                dev.append(float(image_px_to_stage_nm(result.shift_px, session.pixel_size_nm, transform)[k])
+                           if result.ok else np.nan)
             deviations.append(np.array(dev))
             records.append({"frames": group, "deviation_nm": dev})
         revisits[axis_name] = records
@@ -1088,19 +960,13 @@ def analyse(session: Session, *, registrar: Callable[..., Registration] = regist
     metrics["coupling.y_to_x"] = axis_coupling.y_to_x
     metrics["coupling.skew_deg"] = axis_coupling.skew_deg
 
-    runs = dwell_runs(session)
     times, positions = [], []
-    if runs:
-        say(f"registering {sum(len(r) - 1 for r in runs)} frames taken without a move (drift)")
-    for run in runs:
-        regs = register_pairs(session, [(run[0], other) for other in run[1:]], transform, registrar)
+    for run in plan.dwell:
         pos = [np.zeros(2)]
-        for r in regs:
-            if r.result.ok:
-                pos.append(image_px_to_stage_nm(r.result.shift_px, session.pixel_size_nm, transform))
-            else:
-                failed.append(f"frames {r.reference}->{r.moving}: {r.result.reason}")
-                pos.append(np.full(2, np.nan))
+        for other in run[1:]:
+            result = results[(run[0], other)]
+            pos.append(image_px_to_stage_nm(result.shift_px, session.pixel_size_nm, transform) if result.ok
+                       else np.full(2, np.nan))
         times.append(session.times_s()[run])
         positions.append(np.array(pos))
     drift_result = drift(times, positions)

@@ -12,6 +12,7 @@ path inside a ``suites`` folder) or that give ``--replay``, ``--record`` or
 from __future__ import annotations
 
 import html
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,8 @@ def pytest_addoption(parser):
                     help="write the session recording here (default: reports/<microscope>-<UTC time>-recording/)")
     group.addoption("--results-json", default=None, metavar="PATH",
                     help="write the results JSON here (default: next to the HTML report)")
+    group.addoption("--jobs", default=None, type=int, metavar="N",
+                    help="threads registering frame pairs at once (default: every core)")
 
 
 def _is_acceptance_run(config) -> bool:
@@ -66,7 +69,8 @@ def pytest_configure(config):
     try:
         run = AcceptanceRun(opts.microscope, opts.holder, opts.replay,
                             reports_dir=Path(config.invocation_params.dir) / "reports",
-                            html=getattr(opts, "htmlpath", None), results=opts.results_json, record=opts.record)
+                            html=getattr(opts, "htmlpath", None), results=opts.results_json, record=opts.record,
+                            jobs=opts.jobs)
     except (ConfigError, RecordingError, RemoteError) as exc:
         raise pytest.UsageError(str(exc)) from None
     # pytest-html reads these options in its own pytest_configure, which runs after this one.
@@ -91,7 +95,7 @@ def _progress(config):
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
     if reporter is None:
-        return lambda name, done, total: None, lambda message: None
+        return lambda name, done, total: None, lambda message: None, lambda done, total: None
 
     def write(text: str, rewrite: bool = False) -> None:
         def emit():
@@ -120,7 +124,31 @@ def _progress(config):
     def on_stage(message: str) -> None:
         write(f"stage-acceptance: {message}")
 
-    return on_frame, on_stage
+    clock = {"start": None, "shown": 0.0}
+
+    def on_pairs(done: int, total: int) -> None:
+        now = time.monotonic()
+        if clock["start"] is None:
+            clock["start"], clock["shown"] = now, now
+        line = pairs_line(done, total, now - clock["start"])
+        if reporter.isatty():
+            write(line, rewrite=True)
+            if done == total:
+                write("")
+        elif done == total or now - clock["shown"] >= 10.0:  # a quiet line every 10 s in a CI log
+            clock["shown"] = now
+            write(line)
+
+    return on_frame, on_stage, on_pairs
+
+
+def pairs_line(done: int, total: int, elapsed_s: float) -> str:
+    """``  registered 80/162 pairs, 40.0 pairs/s, 2 s left``."""
+    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    if done >= total:
+        return f"  registered {done}/{total} pairs in {elapsed_s:.1f} s"
+    left = f"{(total - done) / rate:.0f} s left" if rate > 0 else "time left unknown"
+    return f"  registered {done}/{total} pairs, {rate:.1f} pairs/s, {left}"
 
 
 @pytest.fixture(scope="session")
@@ -143,7 +171,7 @@ def stage_analysis(request, acceptance_run):
 
     config = request.config
     hooks = config.stash[HOOKS_KEY]
-    on_frame, on_stage = _progress(config)
+    on_frame, on_stage, on_pairs = _progress(config)
     stopped = None
     try:
         acceptance_run.session(hooks.protocol_names(), progress=on_frame)
@@ -151,7 +179,8 @@ def stage_analysis(request, acceptance_run):
         stopped = acceptance_run.incomplete or str(exc).splitlines()[0]
     if stopped is not None:  # outside the except block: nothing chained to show
         pytest.exit(f"stage-acceptance: {stopped}", returncode=pytest.ExitCode.TESTS_FAILED)
-    return acceptance_run.evaluate(progress=on_stage, selected="certification" in hooks.families)
+    return acceptance_run.evaluate(progress=on_stage, selected="certification" in hooks.families,
+                                   pairs_progress=on_pairs)
 
 
 @pytest.fixture(scope="session")

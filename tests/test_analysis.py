@@ -226,17 +226,50 @@ def test_tilt_response_recovers_shift_per_degree_and_backlash(slope, backlash, a
     assert np.allclose(result.direction, direction)
 
 
-def test_parallel_registration_gives_the_serial_result_in_order(tmp_path):
+def test_parallel_registration_gives_the_serial_result(tmp_path):
     from conftest import CONFIGS, record_sim
-    from stage_acceptance.analysis import register_pairs
     from stage_acceptance.config import load_microscope
+    from stage_acceptance.registry import register_all
 
     session, _ = record_sim(load_microscope(CONFIGS / "case-b.toml"), tmp_path, protocols=("cross",))
-    pairs = [(0, i) for i in range(1, len(session.frames))] + [(3, 2), (1, 0)]
-    serial = register_pairs(session, pairs, session.stage_to_image, workers=1)
-    parallel = register_pairs(session, pairs, session.stage_to_image, workers=3)
-    assert [(r.reference, r.moving) for r in parallel] == pairs
-    for a, b in zip(serial, parallel, strict=True):
-        assert a.result.ok == b.result.ok and a.result.reason == b.result.reason
-        np.testing.assert_array_equal(a.result.shift_px, b.result.shift_px)
-    assert {r.result.ok for r in parallel} == {True, False}  # far pairs do not overlap: both paths compared
+    pairs = [(0, i) for i in range(1, len(session.frames))] + [(3, 2), (1, 0), (0, 1)]
+    serial = register_all(session, pairs, session.stage_to_image, jobs=1)
+    parallel = register_all(session, pairs, session.stage_to_image, jobs=3)
+    assert list(serial) == list(parallel) == pairs[:-1]  # each pair once, in order
+    for pair in serial:
+        a, b = serial[pair], parallel[pair]
+        assert a.ok == b.ok and a.reason == b.reason
+        np.testing.assert_array_equal(a.shift_px, b.shift_px)
+    assert {r.ok for r in parallel.values()} == {True, False}  # far pairs do not overlap: both paths compared
+
+
+def test_each_frame_is_prepared_once_and_released_after_its_last_pair(tmp_path):
+    from conftest import CONFIGS, record_sim
+    from stage_acceptance import registration
+    from stage_acceptance.config import load_microscope
+    from stage_acceptance.registry import register_all, registration_plan
+
+    session, _ = record_sim(load_microscope(CONFIGS / "case-a.toml"), tmp_path, protocols=("hysteresis-x", "dwell"))
+    plan = registration_plan(session)
+    prepared, alive, most = [], set(), [0]
+
+    class Frame:
+        def __init__(self, image):
+            self.prepared = registration.prepare_frame(image)
+            alive.add(id(self))
+            most[0] = max(most[0], len(alive))
+
+        def __del__(self):
+            alive.discard(id(self))
+
+    def prepare(image):
+        prepared.append(image.shape)
+        return Frame(image)
+
+    def register(a, b, **kw):
+        return registration.register_prepared(a.prepared, b.prepared, **kw)
+
+    results = register_all(session, plan.pairs, session.stage_to_image, jobs=1, prepare=prepare, register=register)
+    assert len(prepared) == len(session.frames)  # every frame once
+    assert len(results) == len(plan.pairs) == len(set(plan.pairs))
+    assert most[0] <= 8 + 6  # one batch of pairs and the first visits still needed, never the whole session

@@ -59,3 +59,28 @@ def test_the_partial_report_says_incomplete(pytester, tmp_path):
     assert "INCOMPLETE RUN" in page and "server lost" in page
     document = json.loads(results.read_text())
     assert "server lost" in document["incomplete"] and document["certification"]["accepted"] is False
+
+
+def test_ctrl_c_during_the_analysis_stops_it_and_marks_the_run_incomplete(tmp_path):
+    import time
+
+    from stage_acceptance.registry import register_all, registration_plan
+
+    run = AcceptanceRun(str(CONFIGS / "case-a.toml"), None, None, reports_dir=tmp_path, jobs=2)
+    session = run.session()
+    calls = []
+
+    def interrupt(done, total):
+        calls.append((done, total, time.monotonic()))
+        raise KeyboardInterrupt  # as Ctrl-C arrives in the main thread while pairs are registered
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run.evaluate(pairs_progress=interrupt)
+    assert time.monotonic() - started < 30  # the first batch only, not the whole session
+    assert len(calls) == 1 and calls[0][0] < calls[0][1]
+    assert "interrupted (Ctrl-C) during the analysis" in run.incomplete
+    assert run.analysis is None and read_recording(run.outputs.recording).incomplete is None
+    # the registry itself: pairs not started are dropped, and a second run gives every pair
+    plan = registration_plan(session)
+    assert len(register_all(session, plan.pairs, session.stage_to_image, jobs=2)) == len(plan.pairs)

@@ -226,3 +226,17 @@ def test_an_incomplete_recording_never_exits_0(suites, tmp_path):
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*INCOMPLETE: the recording is incomplete: *frames.jsonl:3: the last line is torn*"])
     assert json.loads(results.read_text())["verdict"] == "incomplete"
+
+
+def test_the_analysis_progress_line_says_rate_and_time_left():
+    from stage_acceptance.plugin import pairs_line
+
+    assert pairs_line(40, 160, 2.0) == "  registered 40/160 pairs, 20.0 pairs/s, 6 s left"
+    assert pairs_line(0, 160, 0.0) == "  registered 0/160 pairs, 0.0 pairs/s, time left unknown"
+    assert pairs_line(160, 160, 8.04) == "  registered 160/160 pairs in 8.0 s"
+
+
+def test_jobs_must_be_a_sane_number(suites):
+    result = run_suites(suites, "--jobs=0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--jobs 0: must be an integer from 1 to 256*"])
