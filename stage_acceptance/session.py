@@ -75,7 +75,7 @@ class Session:
     meta: dict
     frames: list[Frame]
     directory: Path
-    _images: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _shape: tuple[int, int] | None = field(default=None, repr=False)
     unreadable: dict[int, str] = field(default_factory=dict)
     """Frames whose image cannot be used (missing, not a TIFF, wrong shape), and why;
     their pairs are left out of the analysis."""
@@ -105,15 +105,18 @@ class Session:
     @property
     def frame_shape(self) -> tuple[int, int]:
         """``(rows, columns)`` of the session's frames (of its first usable image)."""
-        for index in range(len(self.frames)):
-            if index in self._images:
-                return tuple(self._images[index].shape)
-            if index not in self.unreadable:
-                return tuple(self.image(index).shape)
-        raise RecordingError(f"{self.directory}: no frame has a usable image")
+        if self._shape is None:
+            usable = next((i for i in range(len(self.frames)) if i not in self.unreadable), None)
+            if usable is None:
+                raise RecordingError(f"{self.directory}: no frame has a usable image")
+            self._shape = tuple(self.image(usable).shape)
+        return self._shape
 
     def image(self, index: int) -> np.ndarray:
-        """The image of frame `index` as a 2-D array (loaded once, then cached).
+        """The image of frame `index` as a 2-D array, read from the recording.
+
+        Nothing is cached here: a long session is never held in memory (the
+        analysis keeps the few frames its next pairs need).
 
         Raises
         ------
@@ -123,17 +126,15 @@ class Session:
         """
         if index in self.unreadable:
             raise RecordingError(f"frame {index}: {self.unreadable[index]}")
-        if index not in self._images:
-            path = image_path(self.directory, self.frames[index].image, f"frame {index}")
-            try:
-                image = tifffile.imread(path)
-            except (OSError, ValueError, tifffile.TiffFileError) as exc:
-                raise RecordingError(f"frame {index}: image '{_short(self.frames[index].image)}' cannot be "
-                                     f"read as a TIFF ({type(exc).__name__})") from None
-            if image.ndim != 2:
-                raise RecordingError(f"frame {index}: image must be single-channel 2-D, got shape {image.shape}")
-            self._images[index] = image
-        return self._images[index]
+        path = image_path(self.directory, self.frames[index].image, f"frame {index}")
+        try:
+            image = tifffile.imread(path)
+        except (OSError, ValueError, tifffile.TiffFileError) as exc:
+            raise RecordingError(f"frame {index}: image '{_short(self.frames[index].image)}' cannot be "
+                                 f"read as a TIFF ({type(exc).__name__})") from None
+        if image.ndim != 2:
+            raise RecordingError(f"frame {index}: image must be single-channel 2-D, got shape {image.shape}")
+        return image
 
     def targets_nm(self) -> np.ndarray:
         """``(n_frames, 5)`` array of targets (x, y, z nm, alpha, beta deg); NaN rows
@@ -425,6 +426,23 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def storable(image) -> np.ndarray:
+    """The image in the type a detector would give: integer counts as ``uint16`` (or
+    ``int16``, ``int32``) when every value is an integer that fits, else as it is.
+
+    Lossless: the stored values are exactly the given ones.
+    """
+    image = np.asarray(image)
+    if image.dtype.kind != "f" or not np.all(np.isfinite(image)) or not np.array_equal(image, np.round(image)):
+        return image
+    low, high = float(image.min()), float(image.max())
+    for dtype in (np.uint16, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return image.astype(dtype)
+    return image
+
+
 class RecordingWriter:
     """Write a recording-v1 folder frame by frame.
 
@@ -451,22 +469,24 @@ class RecordingWriter:
         _write_json_atomic(self.directory / "session.json", self.meta)
         self._frames_handle = open(self.directory / "frames.jsonl", "w", encoding="utf-8")
         self.frames: list[Frame] = []
-        self._images: dict[int, np.ndarray] = {}
 
     def append(self, *, time_s: float, target: StagePosition, reported: StagePosition,
                image: np.ndarray, protocol: str | None) -> Frame:
-        """Store one frame: the image file first, then its line in ``frames.jsonl``."""
+        """Store one frame: the image file first, then its line in ``frames.jsonl``.
+
+        The image is a TIFF compressed losslessly (deflate, readable by tifffile and
+        Fiji), integer counts in an integer type (:func:`storable`).
+        """
         index = len(self.frames)
         if index == 0:
             self.meta["started"] = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
             _write_json_atomic(self.directory / "session.json", self.meta)
         name = f"images/{index:05d}.tif"
-        tifffile.imwrite(self.directory / name, np.asarray(image))
+        tifffile.imwrite(self.directory / name, storable(image), compression="zlib", compressionargs={"level": 1})
         frame = Frame(index=index, time_s=float(time_s), target=target, reported=reported, image=name, protocol=protocol)
         self._frames_handle.write(json.dumps(frame.to_json(), allow_nan=False) + "\n")
         self._frames_handle.flush()
         self.frames.append(frame)
-        self._images[index] = np.asarray(image)
         return frame
 
     def discard(self) -> None:
@@ -496,7 +516,7 @@ class RecordingWriter:
         closed without :meth:`finish` reads as incomplete."""
         if not self._frames_handle.closed:
             self._frames_handle.close()
-        return Session(meta=dict(self.meta), frames=list(self.frames), directory=self.directory, _images=dict(self._images))
+        return Session(meta=dict(self.meta), frames=list(self.frames), directory=self.directory)
 
 
 # --------------------------------------------------------------------------- running

@@ -234,3 +234,33 @@ def test_writer_refuses_to_overwrite_a_recording(tmp_path):
     make_recording(tmp_path / "r")
     with pytest.raises(RecordingError, match="already holds a recording"):
         RecordingWriter(tmp_path / "r", {"microscope": "m", "pixel_size_nm": 1.0})
+
+
+@pytest.mark.parametrize("values, dtype", [
+    (np.array([[0.0, 3.0], [65535.0, 7.0]], dtype=np.float32), np.uint16),
+    (np.array([[-5.0, 3.0], [100.0, 7.0]]), np.int16),
+    (np.array([[0.0, 70000.0], [1.0, 2.0]]), np.int32),
+    (np.array([[0.5, 3.0], [1.0, 2.0]], dtype=np.float32), np.float32),  # not counts: kept as it is
+    (np.array([[1, 2], [3, 4]], dtype=np.uint8), np.uint8),
+])
+def test_counts_are_stored_in_an_integer_type_losslessly(values, dtype):
+    from stage_acceptance.session import storable
+
+    stored = storable(values)
+    assert stored.dtype == dtype
+    np.testing.assert_array_equal(stored, values)
+
+
+def test_recorded_images_are_compressed_losslessly(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.poisson(40 * (0.5 + rng.random((256, 256)))).astype(np.float32)  # counts, as the simulator gives
+    writer = RecordingWriter(tmp_path / "r", {"microscope": "scope", "pixel_size_nm": 1.0})
+    for k in range(2):
+        writer.append(time_s=float(k), target=StagePosition(), reported=StagePosition(), image=image, protocol=None)
+    session = writer.finish()
+    path = tmp_path / "r" / session.frames[0].image
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        assert tif.pages[0].dtype == np.uint16
+    assert path.stat().st_size < 0.5 * image.size * 2  # under half the raw 16-bit size
+    np.testing.assert_array_equal(read_recording(tmp_path / "r").image(1), image)
