@@ -25,7 +25,11 @@ tiled by mirroring, blurred by 1 px; ``procedural`` is the simulator's specimen
 (:class:`stage_acceptance.sim.specimen.Specimen`, 7.32 nm pixels, 0.7 px blur).
 Counts are Poisson with mean ``dose x intensity`` (intensity about 1).
 
-Per cell the table gives the RMS error of the accepted pairs, and counts of
+Per cell the table gives the RMS error (length of the error vector) of the accepted
+pairs, the Cramer-Rao bound of that RMS for the same pairs (``CRB``: no unbiased
+estimator does better; from the noiseless frames, the Fisher information of a
+shift under Poisson noise, ``sum dose (dI/dx)^2 / I`` over the overlap, of both
+frames, since both are noisy), and counts of
 *silent misses* (``ok`` but more than 1 px off) and *refusals* (not ``ok``; every pair
 of these cells overlaps by at least 29 %). scikit-image has no ``ok``: every result
 counts as accepted. A last block registers unrelated frames (nothing may be accepted).
@@ -119,8 +123,32 @@ def chain(texture, rng, size, dose, shifts):
         origin = origin - shift  # moving[r, c] = reference[r - dy, c - dx]
         origins.append(origin)
         signed.append(shift)
-    frames = [rng.poisson(dose * texture.render(o, (size, size))).astype(np.uint16) for o in origins]
-    return frames, signed
+    intensities = [texture.render(o, (size, size)) for o in origins]
+    frames = [rng.poisson(dose * i).astype(np.uint16) for i in intensities]
+    return frames, signed, [shift_fisher(texture, o, i, dose) for o, i in zip(origins, intensities)]
+
+
+def shift_fisher(texture, origin, intensity, dose, step_px=0.05):
+    """Per pixel Fisher information ``(F_x, F_y)`` of a frame about its own shift
+    under Poisson noise: ``dose (dI/dx)^2 / I``, derivatives by central differences of
+    renders `step_px` apart (exact up to the render's own accuracy)."""
+    size = intensity.shape
+    information = []
+    for offset in ((step_px, 0.0), (0.0, step_px)):
+        offset = np.asarray(offset)
+        derivative = (texture.render(origin + offset, size) - texture.render(origin - offset, size)) / (2 * step_px)
+        information.append(dose * derivative**2 / np.maximum(intensity, 1e-6))
+    return information
+
+
+def pair_crb(fisher_ref, fisher_mov, shift):
+    """Variance bound (px^2) of the error length of the pair's shift: per axis, the
+    inverse Fisher information of each frame over the overlap, summed over both frames."""
+    dx, dy = np.rint(shift).astype(int)
+    h, w = fisher_ref[0].shape
+    mov = (slice(max(0, dy), h + min(0, dy)), slice(max(0, dx), w + min(0, dx)))
+    ref = (slice(max(0, -dy), h - max(0, dy)), slice(max(0, -dx), w - max(0, dx)))
+    return sum(1.0 / fr[ref].sum() + 1.0 / fm[mov].sum() for fr, fm in zip(fisher_ref, fisher_mov))
 
 
 def unrelated_frames(texture, rng, size, dose):
@@ -182,8 +210,10 @@ class Tally:
 
 def run_cell(texture, rng, size, dose, fraction_range, pairs, with_skimage):
     """Time and score every method on one chain; returns a dict of tallies."""
-    frames, shifts = chain(texture, rng, size, dose, chain_shifts(rng, pairs, size, fraction_range))
+    frames, shifts, fisher = chain(texture, rng, size, dose, chain_shifts(rng, pairs, size, fraction_range))
     tallies = {name: Tally([], []) for name in ("cold", "session", "skimage", "floor")}
+    tallies["crb"] = float(np.sqrt(np.mean([pair_crb(fisher[i], fisher[i + 1], shift)
+                                            for i, shift in enumerate(shifts)])))
     prepared, prepare_seconds = [], []
     for frame in frames:
         frame_prepared, seconds = _timed(lambda f: prepare_frame(f, workers=WORKERS), frame)
@@ -224,7 +254,7 @@ def main(argv=None):
     print("times: median ms per pair; ratios: median over pairs of time / floor time of the same pair")
     header = (f"{'texture':10s} {'px':>4s} {'dose':>4s} {'shift':>6s} | {'floor':>5s} {'cold':>6s} {'sess':>6s} "
               f"{'skimg':>6s} | {'cold/fl':>7s} {'sess/fl':>7s} {'skim/fl':>7s} | {'RMS px':>6s} {'miss':>4s} "
-              f"{'refus':>5s} | {'skim RMS':>8s} {'miss':>4s}")
+              f"{'refus':>5s} {'CRB':>6s} | {'skim RMS':>8s} {'miss':>4s}")
     print(header)
     print("-" * len(header))
     for texture in textures(args.textures, args.seed):
@@ -242,7 +272,7 @@ def main(argv=None):
 
                     print(f"{texture.name:10s} {size:4d} {dose:4.0f} {label:>6s} | {ms('floor'):5.1f} {ms('cold'):6.1f} "
                           f"{ms('session'):6.1f} {ms('skimage'):6.1f} | {ratio('cold'):7.2f} {ratio('session'):7.2f} "
-                          f"{ratio('skimage'):7.2f} | {t['cold'].rms:6.3f} {t['cold'].misses:4d} {t['cold'].refused:5d} | "
+                          f"{ratio('skimage'):7.2f} | {t['cold'].rms:6.3f} {t['cold'].misses:4d} {t['cold'].refused:5d} {t['crb']:6.3f} | "
                           f"{t['skimage'].rms:8.3f} {t['skimage'].misses:4d}", flush=True)
     if args.unrelated:
         print()

@@ -47,10 +47,11 @@ edges (Moisan 2011). About 3.3 times the float32 image in memory.
    ramp on its spectrum (one inverse FFT, exact for the band-limited image) and solves
    for the remaining shift with the symmetric gradient; the expected share of the
    noise in the squared gradients (errors in variables) and the bias of central
-   differences are taken out using the power profiles, so that 2-3 steps converge; from
-   the second step on, differences far beyond the noise (a feature in one image only)
-   are clipped (Huber's modified residuals). At most :data:`REFINE_MAX_ITERATIONS`
-   steps.
+   differences are taken out using the power profiles. The search's peak is within a
+   tenth of a pixel and each step leaves a tenth to a half of itself, so a step below
+   0.01 px is the last (usually the second); from the second step on, differences far
+   beyond the noise (a feature in one image only) are clipped (Huber's modified
+   residuals). At most :data:`REFINE_MAX_ITERATIONS` steps.
 
 Shifts are ``(column, row)`` = image ``(x, y)`` in pixels, the displacement of the
 specimen's features from `reference` to `moving` (recording-v1, see
@@ -75,8 +76,7 @@ Low on purpose: a low-contrast specimen at a low dose gives ``r`` of 0.2 for a
 certain match. Whether a peak is real is decided by the significance tests."""
 
 DEFAULT_UPSAMPLE = 1000
-"""Default sub-pixel resolution: the refinement stops when its step is below 1/1000 px
-(or after :data:`REFINE_MAX_ITERATIONS` steps)."""
+"""Default sub-pixel resolution, 1/1000 px (see ``upsample`` of :func:`register_prepared`)."""
 
 DEFAULT_SEARCH_FRACTION = 0.25
 """Default search radius around a prior, as a fraction of the larger frame side."""
@@ -100,9 +100,9 @@ WINSOR_SIGMAS = 3.0
 that no single bright particle dominates a chance correlation."""
 
 REFINE_MAX_ITERATIONS = 3
-"""Most warps of the moving frame (one FFT each) in the sub-pixel refinement; it stops
-earlier, when its step is below 1/upsample px or below a tenth of the step's standard
-error from the noise."""
+"""Most warps of the moving frame (one FFT each) in the sub-pixel refinement. It stops
+earlier, after a step below 0.01 px (usually the second) or below 1/upsample px: each
+step leaves a fraction (a tenth to a half) of itself."""
 
 _MIN_SIDE_PX = 8
 _MIN_OVERLAP_PX = 16
@@ -111,6 +111,7 @@ _PEAK_SEPARATION_PX = 24  # 3 coarse sigmas of the band: the runner-up lies beyo
 _HALF_RESOLUTION_SIDE_PX = 256  # frames at least this large are searched at half resolution
 _BAND_MARGIN_PX = 6  # the band images, filtered circularly, are left out this near the edges
 _REFINE_MAX_MOVE_PX = 1.5
+_FINAL_STEP_PX = 0.01  # a refinement step this small is the last one
 _HUBER_K = 3.0
 _NOISE_BINS = 0.1  # the outermost tenth of the radial power profile measures the white noise
 
@@ -327,8 +328,8 @@ def register_prepared(
         module documentation).
     upsample : int, optional
         Sub-pixel resolution ``1 / upsample`` px: the refinement stops when its step
-        is below it (or after :data:`REFINE_MAX_ITERATIONS` steps). ``1`` skips the
-        refinement and returns the integer shift nearest to the correlation peak.
+        is below it or below 0.01 px (:data:`REFINE_MAX_ITERATIONS`). ``1`` skips the refinement and returns the
+        integer shift nearest to the correlation peak.
     workers : int, optional
         Threads of each FFT (:mod:`scipy.fft`). Keep 1 when registering in several
         threads at once.
@@ -548,15 +549,12 @@ def _smooth_component(f, grid):
     features at every shift along the axes. The smooth component's spectrum is the
     spectrum of the edge jumps divided by the discrete Laplacian's.
     """
-    ky, kx = grid.ky, grid.kx
     rows = sfft.rfft(f[-1] - f[0])  # jumps between the last and the first row
     cols = sfft.fft(f[:, -1] - f[:, 0])  # ... column
-    jumps = (np.multiply.outer(1 - np.exp(1j * ky), rows) + np.multiply.outer(cols, 1 - np.exp(1j * kx)))
-    laplacian = (2 * np.cos(ky) - 2)[:, None] + (2 * np.cos(kx) - 2)[None, :]
-    laplacian[0, 0] = 1.0
-    smooth = jumps / laplacian
-    smooth[0, 0] = 0.0
-    return smooth.astype(np.complex64)
+    smooth = np.multiply.outer(grid.edge_y, rows.astype(np.complex64))
+    smooth += np.multiply.outer(cols.astype(np.complex64), grid.edge_x)
+    smooth *= grid.inverse_laplacian
+    return smooth
 
 
 def _filled(values, valid):
@@ -588,6 +586,9 @@ class _Grid:
     gradient_bias: tuple  # per radial bin, sums of (k sin k, sin^2 k) for k = kx and for k = ky
     kx: np.ndarray  # angular frequency (rad/px) of each rfft2 column
     ky: np.ndarray  # angular frequency (rad/px) of each rfft2 row
+    edge_x: np.ndarray  # 1 - exp(i kx), complex64: the spectrum of a jump between the first and last column
+    edge_y: np.ndarray  # 1 - exp(i ky), complex64: ... row
+    inverse_laplacian: np.ndarray  # 1 / the discrete Laplacian's spectrum, float32, 0 at zero frequency
 
 
 @lru_cache(maxsize=8)
@@ -629,7 +630,19 @@ def _grid(shape):
         gradient_noise=tuple(float(np.sum(two_sided * transfer**2 * 4 * np.sin(k) ** 2)) / (h * w) ** 2
                              for k in np.broadcast_arrays(2 * np.pi * fx[None, :], 2 * np.pi * fy[:, None])),
         kx=2 * np.pi * fx, ky=2 * np.pi * fy,
+        edge_x=(1 - np.exp(2j * np.pi * fx)).astype(np.complex64),
+        edge_y=(1 - np.exp(2j * np.pi * fy)).astype(np.complex64),
+        inverse_laplacian=_inverse_laplacian(2 * np.pi * fy, 2 * np.pi * fx),
     )
+
+
+def _inverse_laplacian(ky, kx):
+    """1 / (2 cos ky + 2 cos kx - 4), float32, with 0 at zero frequency."""
+    laplacian = (2 * np.cos(ky) - 2)[:, None] + (2 * np.cos(kx) - 2)[None, :]
+    laplacian[0, 0] = 1.0
+    inverse = 1.0 / laplacian
+    inverse[0, 0] = 0.0
+    return inverse.astype(np.float32)
 
 
 def _correlation_area(f, g, grid):
@@ -646,7 +659,21 @@ def _correlation_area(f, g, grid):
 
 
 def _candidate_lags(grid, least_overlap_px, prior, radius):
-    """Which lags of the search map have at least one alias that is a candidate shift."""
+    """Which lags of the search map have at least one alias that is a candidate shift
+    (read-only; cached per frame shape and least overlap when there is no prior)."""
+    if prior is None:
+        return _candidate_lags_anywhere(grid.shape, float(least_overlap_px))
+    return _candidate_lags_near(grid, least_overlap_px, prior, radius)
+
+
+@lru_cache(maxsize=8)
+def _candidate_lags_anywhere(shape, least_overlap_px):
+    candidate = _candidate_lags_near(_grid(shape), least_overlap_px, None, None)
+    candidate.setflags(write=False)
+    return candidate
+
+
+def _candidate_lags_near(grid, least_overlap_px, prior, radius):
     h, w = grid.shape
     hs, ws = grid.search_shape
     lag_y = np.arange(hs) * (h / hs)
@@ -1056,6 +1083,8 @@ def _refine(pair, shift, tolerance_px, workers):
             return np.full(2, np.nan)
         if np.abs(step).max() < tolerance_px:
             break
+        if np.abs(step).max() < _FINAL_STEP_PX:
+            break  # the error left is a fraction of this step
     return whole + residual
 
 
