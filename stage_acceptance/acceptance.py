@@ -35,8 +35,8 @@ def open_microscope(config: MicroscopeConfig) -> Microscope:
         For a kind this installation cannot drive.
     RemoteError
         For a remote microscope that does not answer within its ``timeout_s``.
-    PyJEMError
-        For a JEOL microscope whose PyJEM, detector or camera call is missing.
+    BackendError
+        For a microscope whose PyJEM or SerialEM, detector or camera is missing or fails.
     """
     if config.kind == "sim":
         from .sim.microscope import SimulatedMicroscope
@@ -270,7 +270,7 @@ class AcceptanceRun:
         MoveRefused
             Naming the protocol, the target outside the limits and whose limits they
             are (the holder's or the server's); nothing was sent.
-        ConfigError, RemoteError, PyJEMError
+        ConfigError, RemoteError, BackendError
             When the microscope cannot be opened.
         """
         if self.replay or self._microscope is not None or self._session is not None:

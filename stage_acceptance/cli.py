@@ -113,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .remote.client import RemoteError
     from .remote.keys import KeysError
-    from .backends.pyjem import PyJEMError
+    from .microscope import BackendError
     from .remote.server import ServeError
     from .session import RecordingError
 
     try:
         return _serve(args) if args.command == "serve" else _keys(args)
-    except (ConfigError, RecordingError, ServeError, KeysError, RemoteError, PyJEMError, OSError) as exc:
+    except (ConfigError, RecordingError, ServeError, KeysError, RemoteError, BackendError, OSError) as exc:
         print(f"stage-acceptance {args.command}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
