@@ -35,8 +35,8 @@ def open_microscope(config: MicroscopeConfig) -> Microscope:
         For a kind this installation cannot drive.
     RemoteError
         For a remote microscope that does not answer within its ``timeout_s``.
-    PyJEMError
-        For a JEOL microscope whose PyJEM, detector or camera call is missing.
+    BackendError
+        For a microscope whose PyJEM or SerialEM, detector or camera is missing or fails.
     """
     if config.kind == "sim":
         from .sim.microscope import SimulatedMicroscope
@@ -46,6 +46,10 @@ def open_microscope(config: MicroscopeConfig) -> Microscope:
         from .backends.pyjem import open_pyjem
 
         return open_pyjem(config)
+    if config.kind == "serialem" and config.serialem is not None:
+        from .backends.serialem import open_serialem
+
+        return open_serialem(config)
     if config.kind == "remote" and config.remote is not None:
         from .remote.client import RemoteMicroscope
 
@@ -217,6 +221,11 @@ class AcceptanceRun:
                 raise ConfigError(f"{config.path}: kind = \"pyjem\" needs PyJEM, which is not installed here: run "
                                   f"on the JEOL microscope PC, or serve it from there (stage-acceptance serve "
                                   f"--microscope {config.name}) and give --microscope tcp://HOST:PORT")
+            if config.kind == "serialem" and importlib.util.find_spec("serialem") is None:
+                raise ConfigError(f"{config.path}: kind = \"serialem\" needs SerialEM's Python module 'serialem', "
+                                  f"which is not on the Python path here: run on the SerialEM PC with its "
+                                  f"PythonModules folder on PYTHONPATH, or serve it from there (stage-acceptance "
+                                  f"serve --microscope {config.name}) and give --microscope tcp://HOST:PORT")
             self.microscope_config = config
             self.microscope_name = config.name
             self.holder = self._load_holder(holder, config)
@@ -270,7 +279,7 @@ class AcceptanceRun:
         MoveRefused
             Naming the protocol, the target outside the limits and whose limits they
             are (the holder's or the server's); nothing was sent.
-        ConfigError, RemoteError, PyJEMError
+        ConfigError, RemoteError, BackendError
             When the microscope cannot be opened.
         """
         if self.replay or self._microscope is not None or self._session is not None:

@@ -21,9 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stage-acceptance",
                                      description="Serve a microscope to the acceptance suites over ZeroMQ.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve a microscope (sim, pyjem) or a recording over ZeroMQ")
+    serve = commands.add_parser("serve", help="serve a microscope (sim, pyjem, serialem) or a recording over ZeroMQ")
     source = serve.add_mutually_exclusive_group(required=True)
-    source.add_argument("--microscope", help="microscope config name or path (kind sim or pyjem)")
+    source.add_argument("--microscope", help="microscope config name or path (kind sim, pyjem or serialem)")
     source.add_argument("--replay", metavar="DIR",
                         help="serve a recording-v1 folder: clients get its frames back, in the recorded order")
     serve.add_argument("--holder", default=None,
@@ -68,7 +68,7 @@ def _serve(args) -> int:
         config = load_microscope(args.microscope)
         if config.kind == "remote":
             raise ConfigError(f"{config.path or args.microscope}: kind = \"remote\" is a client config; serve the "
-                              f"microscope itself (kind sim or pyjem) on the PC it is attached to")
+                              f"microscope itself (kind sim, pyjem or serialem) on the PC it is attached to")
         holder = load_holder(args.holder or config.holder)
         settings = served_settings(holder.key, config.protocol, config.stage_to_image)
         microscope = open_microscope(config)
@@ -113,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .remote.client import RemoteError
     from .remote.keys import KeysError
-    from .backends.pyjem import PyJEMError
+    from .microscope import BackendError
     from .remote.server import ServeError
     from .session import RecordingError
 
     try:
         return _serve(args) if args.command == "serve" else _keys(args)
-    except (ConfigError, RecordingError, ServeError, KeysError, RemoteError, PyJEMError, OSError) as exc:
+    except (ConfigError, RecordingError, ServeError, KeysError, RemoteError, BackendError, OSError) as exc:
         print(f"stage-acceptance {args.command}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import difflib
+import ipaddress
 import itertools
 import math
 import re
@@ -125,6 +126,33 @@ class PyJEMConfig:
     poll_s: float = 0.05
 
 
+SERIALEM_PARAMETER_SETS = ("record", "preview", "view")
+"""SerialEM camera parameter sets a ``kind = "serialem"`` config may image with."""
+
+
+@dataclass(frozen=True)
+class SerialEMConfig:
+    """Any microscope SerialEM drives, through its Python module (``[serialem]``).
+
+    SerialEM listens for external Python on `host`:`port` (property
+    ``EnableExternalPython 1``). Frames are taken with the camera parameter set
+    `parameter_set`, from a centred area of ``frame_px`` x ``frame_px`` binned pixels
+    at `binning`.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 48888
+    parameter_set: str = "record"
+    binning: float = 1.0
+    tolerance_nm: float = 50.0
+    tolerance_deg: float = 0.1
+    move_timeout_s: float = 120.0
+    poll_s: float = 0.05
+    beta_axis: bool = False
+    image_shift_tolerance_nm: float = 5.0
+    pixel_size_tolerance: float = 0.05
+
+
 @dataclass(frozen=True)
 class MicroscopeConfig:
     """A microscope config file (microscope-v1)."""
@@ -139,6 +167,7 @@ class MicroscopeConfig:
     sim: SimConfig | None = None
     remote: RemoteConfig | None = None
     pyjem: PyJEMConfig | None = None
+    serialem: SerialEMConfig | None = None
     path: Path | None = None
     given: frozenset[str] = frozenset()
     """The keys the file gives: top-level ones and ``protocol.<key>`` (the rest are defaults,
@@ -247,8 +276,9 @@ _coupling = _number(-1, 1)
 _pixel = _number(*PIXEL_NM)
 _bool = {"type": "boolean"}
 
-KINDS = ("sim", "remote", "pyjem")
-"""Microscope kinds; each may have a table of its own name (``[sim]``, ``[remote]``, ``[pyjem]``)."""
+KINDS = ("sim", "remote", "pyjem", "serialem")
+"""Microscope kinds; each may have a table of its own name (``[sim]``, ``[remote]``, ``[pyjem]``,
+``[serialem]``)."""
 
 MICROSCOPE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -347,6 +377,24 @@ MICROSCOPE_SCHEMA: dict[str, Any] = {
                 "tolerance_deg": _number(0, 10, open_low=True),
                 "move_timeout_s": _positive_time,
                 "poll_s": _number(0, 60, open_low=True),
+            },
+        },
+        "serialem": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "host": {"type": "string", "minLength": 2, "maxLength": 45, "pattern": r"^[0-9A-Fa-f.:]+$",
+                         "description": 'an IPv4 or IPv6 address, e.g. "127.0.0.1"'},
+                "port": _integer(1, 65535),
+                "parameter_set": {"enum": list(SERIALEM_PARAMETER_SETS)},
+                "binning": _number(0.5, 32),
+                "tolerance_nm": _positive_distance,
+                "tolerance_deg": _number(0, 10, open_low=True),
+                "move_timeout_s": _positive_time,
+                "poll_s": _number(0, 60, open_low=True),
+                "beta_axis": _bool,
+                "image_shift_tolerance_nm": _positive_distance,
+                "pixel_size_tolerance": _number(0, 1, open_low=True),
             },
         },
     },
@@ -782,7 +830,7 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
     for other in KINDS:
         if other != kind and other in data:
             raise ConfigError(f"{path}: key '{other}' is only allowed with kind = \"{other}\"")
-    if kind in ("sim", "pyjem"):
+    if kind in ("sim", "pyjem", "serialem"):
         for key in ("pixel_size_nm", "frame_px"):
             if key not in data:
                 raise ConfigError(f"{path}: missing required key '{key}' (needed for kind = \"{kind}\")")
@@ -835,6 +883,17 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
             raise ConfigError(f"{path}: [pyjem] needs exactly one of 'pyjem.detector' (a PyJEM detector name) "
                               f"or 'pyjem.camera' (\"module:function\" returning a 2-D image)")
         pyjem = PyJEMConfig(**_floats(PyJEMConfig, raw))
+    serialem = None
+    if kind == "serialem":
+        raw = dict(data.get("serialem", {}))
+        if "host" in raw:
+            try:
+                ipaddress.ip_address(raw["host"])
+            except ValueError:
+                raise ConfigError(f"{path}: key 'serialem.host' has bad value {_show(raw['host'])}: must be "
+                                  f"an IPv4 or IPv6 address (SerialEM's ConnectToSEM takes an address, not a "
+                                  f"host name)") from None
+        serialem = SerialEMConfig(**_floats(SerialEMConfig, raw))
     holder = data.get("holder", "default")
     return MicroscopeConfig(
         name=data["name"],
@@ -847,6 +906,7 @@ def load_microscope(name_or_path: str | Path) -> MicroscopeConfig:
         sim=sim,
         remote=remote,
         pyjem=pyjem,
+        serialem=serialem,
         path=path,
         given=frozenset(data) | {f"protocol.{key}" for key in data.get("protocol", {})},
     )

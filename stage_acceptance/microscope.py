@@ -19,6 +19,13 @@ class MoveRefused(ValueError):
     """A move was refused before anything was sent to the stage."""
 
 
+class BackendError(RuntimeError):
+    """A real microscope (PyJEM, SerialEM) failed, refused or did not reach a target.
+
+    Each backend raises its own subclass; the message is one line.
+    """
+
+
 @runtime_checkable
 class Microscope(Protocol):
     """What the protocol runner needs from a microscope.

@@ -20,7 +20,7 @@ import pytest
 from .acceptance import AcceptanceRun
 from .config import ConfigError
 from . import figures as figure_module
-from .microscope import MoveRefused
+from .microscope import BackendError, MoveRefused
 from .protocols import FAMILIES, PROTOCOL_NAMES, protocols_for_families
 from .report import certificate_html, figure_anchor, incomplete_html, stage_to_image_json
 from .session import RecordingError
@@ -161,12 +161,11 @@ def acceptance_run(request) -> AcceptanceRun:
 def stage_analysis(request, acceptance_run):
     """The analysed session: acquired once (only the protocols the selected tests need).
 
-    A session that stops on the instrument's side (a lost server, a PyJEM failure, a
-    move refused part-way) ends the pytest run with one line saying why (no
+    A session that stops on the instrument's side (a lost server, a PyJEM or SerialEM
+    failure, a move refused part-way) ends the pytest run with one line saying why (no
     traceback) and exit status 1; the run still writes its INCOMPLETE report and
     results.
     """
-    from .backends.pyjem import PyJEMError
     from .remote.client import RemoteError
 
     config = request.config
@@ -175,7 +174,7 @@ def stage_analysis(request, acceptance_run):
     stopped = None
     try:
         acceptance_run.session(hooks.protocol_names(), progress=on_frame)
-    except (RemoteError, PyJEMError, MoveRefused) as exc:
+    except (RemoteError, BackendError, MoveRefused) as exc:
         stopped = acceptance_run.incomplete or str(exc).splitlines()[0]
     if stopped is not None:  # outside the except block: nothing chained to show
         pytest.exit(f"stage-acceptance: {stopped}", returncode=pytest.ExitCode.TESTS_FAILED)
@@ -245,12 +244,11 @@ class _RunHooks:
             return
         # Before any test runs: open the microscope and check the whole plan against the
         # holder's limits, so a refused plan is a usage error and nothing moves.
-        from .backends.pyjem import PyJEMError
         from .remote.client import RemoteError
 
         try:
             self.run.prepare(self.protocol_names())
-        except (MoveRefused, ConfigError, RemoteError, PyJEMError) as exc:
+        except (MoveRefused, ConfigError, RemoteError, BackendError) as exc:
             self.refused = True
             raise pytest.UsageError(str(exc).splitlines()[0]) from None
 

@@ -87,7 +87,8 @@ def assert_microscope_within_schema(config: MicroscopeConfig) -> None:
         s2i = top["stage_to_image"]["properties"]
         assert_within(float(config.stage_to_image.rotation_deg), s2i["rotation_deg"], "stage_to_image.rotation_deg")
         assert_within(config.stage_to_image.flip_y, s2i["flip_y"], "stage_to_image.flip_y")
-    tables = {"protocol": config.protocol, "sim": config.sim, "remote": config.remote, "pyjem": config.pyjem}
+    tables = {"protocol": config.protocol, "sim": config.sim, "remote": config.remote, "pyjem": config.pyjem,
+              "serialem": config.serialem}
     assert (config.sim is not None) == (config.kind == "sim")
     for table, values in tables.items():
         if values is None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from ..geometry import AXES, StagePosition
+from ..microscope import BackendError
 
 if TYPE_CHECKING:
     from ..config import MicroscopeConfig
@@ -43,7 +44,7 @@ NOT_INSTALLED = "PyJEM is not installed: the PyJEM backend runs on the JEOL micr
 _SETTERS = {"x": "SetX", "y": "SetY", "z": "SetZ", "alpha": "SetTiltXAngle", "beta": "SetTiltYAngle"}
 
 
-class PyJEMError(RuntimeError):
+class PyJEMError(BackendError):
     """The JEOL stage failed, refused or did not reach a target. The message is one line."""
 
 
