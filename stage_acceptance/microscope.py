@@ -80,7 +80,8 @@ class Envelope:
         self.limits = dict(limits)
 
     def check(self, target: StagePosition) -> None:
-        """Raise :class:`MoveRefused` if `target` lies outside the limits."""
+        """Raise :class:`MoveRefused` if `target` lies outside the limits, or the backend's
+        own ``check_target(target)`` (when it has one) refuses it."""
         for axis, value in zip(AXES, target.as_tuple()):
             low, high = self.limits[AXIS_FIELDS[axis]]
             if not np.isfinite(value) or not (low <= value <= high):
@@ -89,6 +90,9 @@ class Envelope:
                     f"move refused: {axis} = {value:g} {unit} is outside the holder limit "
                     f"{AXIS_FIELDS[axis]} = [{low:g}, {high:g}]; nothing was sent to the stage"
                 )
+        backend_check = getattr(self.microscope, "check_target", None)
+        if backend_check is not None:  # what the stage itself cannot do (e.g. no beta axis)
+            backend_check(target)
 
     def check_all(self, targets) -> None:
         """Check a whole sequence of targets before the first move is made."""

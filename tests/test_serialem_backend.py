@@ -326,3 +326,16 @@ def test_serve_a_serialem_microscope_and_certify_it_remotely(tmp_path, monkeypat
     assert session.pixel_size_nm == 15.0 and session.image(0).shape == (128, 128)
     assert run.analysis.steps  # every step registered against the lagging stand-in's frames
     assert run.certificate.case == "a" and run.certificate.accepted
+
+
+def test_a_plan_with_beta_on_a_stage_without_b_axis_is_refused_before_the_first_move(sem, tmp_path):
+    text = STANDIN_CONFIG.read_text().replace("beta_axis = true", "beta_axis = false")
+    assert "beta_axis = false" in text
+    config = tmp_path / "no-b-axis.toml"
+    config.write_text(text)
+    run = AcceptanceRun(str(config), None, None, reports_dir=tmp_path, record=str(tmp_path / "rec"))
+    with pytest.raises(MoveRefused, match=r"protocol tilt-beta .*refused .*no B axis"):
+        run.session(("hysteresis-x", "tilt-beta"))
+    run.close()
+    assert not commands(sem, "MoveStageTo", "TiltTo", "SetStageBAxis")  # not even hysteresis-x ran
+    assert not (tmp_path / "rec").exists()

@@ -298,6 +298,15 @@ class SerialEMStage:
         (busy,) = _numbers("ReportStageBusy", self.link.call("ReportStageBusy"), 1)
         return busy != 0
 
+    def check_target(self, target: StagePosition) -> None:
+        """Raise :class:`MoveRefused` for a target this stage cannot reach whatever the
+        holder: a beta other than 0 without a B axis. The run's plan is checked with it
+        before the first move (:class:`~stage_acceptance.microscope.Envelope`)."""
+        if not self.beta_axis and abs(target.beta_deg) > self.tolerance_deg:
+            raise MoveRefused(f"move refused: beta = {target.beta_deg:g} deg, but this stage has no B axis in "
+                              f"SerialEM ([serialem] beta_axis = false); deselect the tilt tests (-m \"not tilt\"); "
+                              f"nothing was sent to the stage")
+
     def move_to(self, target: StagePosition) -> None:
         """Move to `target` and confirm it by readback; axes already there are not commanded.
 
@@ -310,10 +319,7 @@ class SerialEMStage:
             ``move_timeout_s`` (naming target and readback), or :meth:`stop` was called.
         """
         self._stop_requested.clear()
-        if not self.beta_axis and abs(target.beta_deg) > self.tolerance_deg:
-            raise MoveRefused(f"move refused: beta = {target.beta_deg:g} deg, but this stage has no B axis in "
-                              f"SerialEM ([serialem] beta_axis = false); deselect the tilt tests (-m \"not tilt\"); "
-                              f"nothing was sent to the stage")
+        self.check_target(target)
         current = self.position()
         off = {f: abs(getattr(current, f) - getattr(target, f)) > self.tolerance_nm for f in ("x_nm", "y_nm", "z_nm")}
         if any(off.values()):
@@ -506,6 +512,10 @@ class SerialEMMicroscope:
                 f"the image shift changed during the run {what}: IS {start[0]:.4g}, {start[1]:.4g} when the run "
                 f"started, {now[0]:.4g}, {now[1]:.4g} now; it moves the image without moving the stage, so keep "
                 f"it fixed (no realign or Reset IS during the run)")
+
+    def check_target(self, target: StagePosition) -> None:
+        """Refuse a target the stage cannot reach (:meth:`SerialEMStage.check_target`)."""
+        self.stage.check_target(target)
 
     def move_to(self, target: StagePosition) -> None:
         self.stage.move_to(target)
