@@ -84,6 +84,19 @@ def rotation_note(analysis: Analysis) -> dict:
     return {"note": note, "skew_bound_deg": bound}
 
 
+def notes_lines(analysis: Analysis) -> list[str]:
+    """One line each for the terminal, when there is something to say: the image shift
+    and the pairs registered on the central region."""
+    lines = []
+    shift = analysis.image_shift
+    if shift.get("recorded", "none") != "none":
+        lines.append(f"image shift ({shift['recorded']}): {len(shift['subtracted'])} change(s) subtracted, "
+                     f"{len(shift['not_measured'])} pair(s) not measured (uncalibrated or missing image shift)")
+    if analysis.across_tilt:
+        lines.append(f"{len(analysis.across_tilt)} pair(s) across a tilt change registered on the central region")
+    return lines
+
+
 def results_json(analysis: Analysis, certificate: Certificate, checks: dict[str, Check], verdict: Verdict, *,
                  microscope: str, holder: str, source: str, session_path: str,
                  tests: dict[str, int], extra: dict | None = None) -> dict:
@@ -162,7 +175,9 @@ def results_json(analysis: Analysis, certificate: Certificate, checks: dict[str,
             "reversal": int(np.sum(steps.kind == "reversal")),
             "plain": int(np.sum(steps.kind == "plain")),
             "not_registered": list(analysis.failed),
+            "across_tilt_central_region": [list(pair) for pair in analysis.across_tilt],
         },
+        "image_shift": analysis.image_shift,
     }
     if extra:
         document.update(extra)
@@ -236,7 +251,7 @@ def certificate_html(verdict: Verdict, certificate: Certificate, checks: dict[st
                      holder: str, holder_source: str, measured_utc: str | None, analysed_utc: str, source: str,
                      session_path: str | None, results_path: str | None, instrument_time_s: float | None,
                      stage_to_image: dict, figures: dict[str, bytes], captions: dict[str, tuple[str, str]],
-                     not_registered: list[str] = ()) -> str:
+                     not_registered: list[str] = (), image_shift: dict | None = None) -> str:
     """The certificate block at the top of the HTML report (self-contained HTML).
 
     The verdict comes first, in one line, then why; then what the verdict rests on
@@ -268,6 +283,9 @@ def certificate_html(verdict: Verdict, certificate: Certificate, checks: dict[st
         ``name -> (title, caption)`` of every figure.
     not_registered : list of str
         Frame pairs that could not be registered, with the reason (left out).
+    image_shift : dict, optional
+        What the session's image shift was and what was done with it
+        (``Analysis.image_shift``).
 
     Returns
     -------
@@ -337,6 +355,7 @@ def certificate_html(verdict: Verdict, certificate: Certificate, checks: dict[st
         items = "".join(f"<li>{e(text)}</li>" for text in not_registered)
         left_out = (f"<h3>Frame pairs left out ({len(not_registered)})</h3>"
                     f"<p>These pairs could not be registered; their actual displacement is not used.</p><ul>{items}</ul>")
+    shift_block = _image_shift_html(image_shift) if image_shift else ""
     images = []
     for name, png in figures.items():
         title, caption = captions.get(name, (name, ""))
@@ -358,11 +377,31 @@ def certificate_html(verdict: Verdict, certificate: Certificate, checks: dict[st
 <h3>Metrics</h3>
 <table><tr><th>metric</th><th>value</th><th>95 % interval</th><th>tolerance</th><th>verdict</th><th>rests on</th></tr>
 {''.join(rows)}</table>
+{shift_block}
 {left_out}
 <h3>Figures</h3>
 {''.join(images)}
 </div>
 """
+
+
+def _image_shift_html(image_shift: dict) -> str:
+    """What the session's image (beam) shift was and what the analysis did with it."""
+    e = html.escape
+    recorded = image_shift.get("recorded", "none")
+    if recorded == "none":
+        return ""
+    lines = [f"<li>{e(f'frames {a}->{b}: {dx:+.2f}, {dy:+.2f} nm subtracted from the registered motion')}</li>"
+             for (a, b), (dx, dy) in ((item["frames"], item["change_nm"]) for item in image_shift["subtracted"])]
+    lines += [f"<li class=marginal>{e(text)}; its actual motion is not measured</li>"
+              for text in image_shift["not_measured"]]
+    what = {"nm": "in nm (image_shift_nm)", "raw": "in the acquiring tool's own units only (image_shift_raw)",
+            "nm and raw": "in nm for some frames and in the tool's own units for others"}[recorded]
+    body = "".join(lines) or "<li>it did not change between the frames of any registered pair</li>"
+    return (f"<h3>Image shift</h3><p>The recording gives the image (beam) shift of "
+            f"{image_shift['frames_with_image_shift']} frame(s), {e(what)}. It moves the image without moving the "
+            f"stage, so its change is subtracted from the registered motion, or the pair is not measured where it "
+            f"cannot be.</p><ul>{body}</ul>")
 
 
 def incomplete_html(reason: str, session_path: str | None) -> str:
