@@ -19,12 +19,13 @@ coordinates.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from . import intervals
+from . import intervals, readback
 from .geometry import StageToImage, image_px_to_stage_nm, stage_nm_to_image_px
 from .registration import Registration, central_region_shape
 from .registry import commanded_nm, register_all, registration_plan, step_axis, tilt_pairs
@@ -912,6 +913,38 @@ def image_shift_summary(shift_nm: np.ndarray, shift_raw: np.ndarray, image_shift
             "subtracted": subtracted, "not_measured": unknown}
 
 
+def readback_quanta(reported_nm: np.ndarray, targets_nm: np.ndarray) -> dict[str, readback.Quantum]:
+    """The quantum of the x and y readback (:func:`stage_acceptance.readback.readback_quantum_nm`).
+
+    From the steps between consecutive readings, with the resolution of all readings
+    (:func:`~stage_acceptance.readback.readback_resolution_nm`) as the tolerance. A
+    readback step equal to its commanded step (within that resolution) is left out: it
+    shows the command (round targets are multiples of the step), not a grid of the
+    readback's own; a readback that always equals its target has no quantum to tell.
+
+    Parameters
+    ----------
+    reported_nm, targets_nm : ndarray, (n_frames, 5)
+        Reported and target positions (NaN rows where there is no target).
+    """
+    xy = np.asarray(reported_nm, dtype=float)[:, :2]
+    commanded = np.asarray(targets_nm, dtype=float)[:, :2]
+    resolution = readback.readback_resolution_nm(xy)
+    quanta = {}
+    for k, name in enumerate(AXIS_NAMES):
+        steps, ordered = np.diff(xy[:, k]), np.diff(commanded[:, k])
+        as_commanded = np.isfinite(ordered) & (np.abs(steps - ordered) <= resolution) & (np.abs(steps) > resolution)
+        quantum = readback.readback_quantum_nm(steps[~as_commanded], resolution)
+        left_out = int(as_commanded.sum())
+        if left_out:
+            note = (f"; {left_out} readback step(s) equal to the commanded step were left out (they show the "
+                    f"command, not the readback's grid)")
+            quantum = dataclasses.replace(quantum, reason=quantum.reason + note if quantum.reason else "",
+                                          evidence={**quantum.evidence, "as_commanded": left_out})
+        quanta[name] = quantum
+    return quanta
+
+
 @dataclass
 class Analysis:
     """Everything the analysis measured on one session.
@@ -935,6 +968,8 @@ class Analysis:
     """:func:`image_shift_summary` of the session."""
     across_tilt: list[tuple[int, int]] = field(default_factory=list)
     """Pairs across a tilt change, registered on the central region of the field."""
+    readback_quantum: dict[str, readback.Quantum] = field(default_factory=dict)
+    """The readback's quantum per axis (informational; no tolerance judges it)."""
 
     @property
     def frames(self) -> int:
@@ -1133,5 +1168,6 @@ def analyse(session: Session, *, jobs: int | None = None, progress: Callable[[st
         tilt=tilt,
         image_shift=image_shift_summary(shift_nm, shift_raw, image_shift,
                                         {pair: result.ok for pair, result in results.items()}),
+        readback_quantum=readback_quanta(session.reported_nm(), session.targets_nm()),
         across_tilt=sorted(across_tilt, key=lambda pair: (pair[1], pair[0])),
     )
