@@ -72,12 +72,15 @@ def _serve(args) -> int:
     if args.replay:
         from .acceptance import recorded_protocol, recording_holder
         from .backends.replay import ReplayMicroscope
-        from .session import read_recording
+        from .session import RecordingError, read_recording
 
         session = read_recording(args.replay)
         holder = recording_holder(session, args.holder)
         settings = served_settings(holder.key, recorded_protocol(session), session.stage_to_image)
-        microscope = ReplayMicroscope(session)
+        try:
+            microscope = ReplayMicroscope(session)
+        except ValueError as exc:  # e.g. a readback-only recording (a SerialEM import): nothing to answer
+            raise RecordingError(str(exc)) from None
     else:
         from .acceptance import open_microscope
 

@@ -129,6 +129,13 @@ def test_missing_files_are_refused(tmp_path):
     refused(tmp_path, [tmp_path / "t.mrc"], r"t\.mrc: no \.mdoc beside it")
 
 
+def test_a_cut_stack_is_refused_before_anything_is_written(tmp_path):
+    mrc, _ = write_stack(tmp_path)
+    mrc.write_bytes(mrc.read_bytes()[:-100])
+    refused(tmp_path, [mrc], r"s\.mrc: holds \d+ bytes, its header describes 2 images of 32 x 32 px in \d+ bytes")
+    refused(tmp_path, [tmp_path], r"is a folder; give SerialEM \.mrc stacks")
+
+
 def test_frame_counts_sizes_and_pixel_sizes_must_agree(tmp_path):
     mrc, _ = write_stack(tmp_path, frames=1, sections=2)
     refused(tmp_path, [mrc], r"describes 2 image\(s\), but s\.mrc holds 1")
@@ -195,6 +202,10 @@ def test_cli_imports_and_refuses_in_one_line(tmp_path, capsys):
                  "0", "inf"]) == 2
     assert "--image-shift-matrix 1 0 0 inf: needs 4 finite numbers" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+    # a readback-only recording answers no moves: serving it is refused in one line, not a traceback
+    assert main(["serve", "--replay", str(tmp_path / "rec"), "--bind", "tcp://127.0.0.1:0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "has no recorded target (target: null)" in err
 
 
 def test_a_copy_of_the_real_mdoc_without_its_stack_is_refused(tmp_path):

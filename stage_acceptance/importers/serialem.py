@@ -66,8 +66,8 @@ MAX_MATRIX = 1.0e6
 STACK_SUFFIXES = (".mrc", ".st", ".mrcs", ".map", ".ali", ".preali")
 DATE_FORMATS = ("%d-%b-%y %H:%M:%S", "%d-%b-%Y %H:%M:%S")
 """SerialEM's ``DateTime`` (``31-Mar-23  16:24:15``; the spaces are collapsed first)."""
-_MODES_REAL = {0, 1, 2, 6, 12}
-"""MRC modes of real single-channel pixels (int8, int16, float32, uint16, float16)."""
+_MODES_REAL = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}
+"""MRC modes of real single-channel pixels (int8, int16, float32, uint16, float16): bytes per pixel."""
 _TITLE = re.compile(r"SerialEM:\s*(.*?)\s+\d{1,2}-[A-Za-z]{3}-\d{2,4}\s+\d{1,2}:\d{2}:\d{2}")
 
 
@@ -137,6 +137,8 @@ def stack_and_mdoc(path: str | Path) -> tuple[Path, Path]:
         When the file or its partner is missing.
     """
     path = Path(path)
+    if path.is_dir():
+        raise SerialEMImportError(f"{path}: is a folder; give SerialEM .mrc stacks or their .mdoc files")
     if not path.is_file():
         raise SerialEMImportError(f"{path}: file not found")
     if path.suffix.lower() == ".mdoc":
@@ -309,7 +311,8 @@ def _section(path: Path, line: int, data: MdocSectionData, global_pixel: float |
 
 
 def _mrc_header(path: Path):
-    """``(nx, ny, nz, mode)`` of an MRC file, read from its header only."""
+    """``(nx, ny, nz, mode, bytes the header says the file holds)`` of an MRC file,
+    read from its header only."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -317,7 +320,9 @@ def _mrc_header(path: Path):
                 header = mrc.header
                 if header is None:
                     raise ValueError("no header")
-                return int(header.nx), int(header.ny), int(header.nz), int(header.mode)
+                nx, ny, nz, mode = int(header.nx), int(header.ny), int(header.nz), int(header.mode)
+                size = 1024 + max(0, int(header.nsymbt)) + nx * ny * nz * _MODES_REAL.get(mode, 0)
+                return nx, ny, nz, mode, size
     except (OSError, ValueError, EOFError) as exc:
         raise SerialEMImportError(f"{path}: not a readable MRC file ({_short(exc, 100)})") from None
 
@@ -332,13 +337,17 @@ def read_stack(mrc: Path, mdoc: Path) -> Stack:
         not of single-channel real images, or a section lacks what recording-v1 needs.
     """
     titles, global_data, parsed = read_mdoc(mdoc)
-    nx, ny, nz, mode = _mrc_header(mrc)
+    nx, ny, nz, mode, expected = _mrc_header(mrc)
     if mode not in _MODES_REAL:
         raise SerialEMImportError(f"{mrc}: MRC mode {mode} is not single-channel real pixels (modes 0, 1, 2, 6, "
                                   f"12 are)")
     if not (MIN_SIDE_PX <= nx <= MAX_SIDE_PX and MIN_SIDE_PX <= ny <= MAX_SIDE_PX and 1 <= nz <= MAX_FRAMES):
         raise SerialEMImportError(f"{mrc}: images of {nx} x {ny} px, {nz} of them: expected {MIN_SIDE_PX} to "
                                   f"{MAX_SIDE_PX} px a side and 1 to {MAX_FRAMES} images")
+    held = mrc.stat().st_size
+    if held < expected:
+        raise SerialEMImportError(f"{mrc}: holds {held} bytes, its header describes {nz} images of {nx} x {ny} px "
+                                  f"in {expected} bytes: the file is cut short")
     size = global_data.ImageSize
     if size is not None and tuple(size) != (nx, ny):
         raise SerialEMImportError(f"{mdoc}: key 'ImageSize' is {size[0]} {size[1]}, but {mrc.name} holds images of "
