@@ -1,10 +1,11 @@
 """Steps and every metric of results-v1, from a recorded session.
 
-The flow is: register consecutive frames (:func:`register_steps`), estimate the
+The flow is: register the frame pairs (:mod:`stage_acceptance.registry`), estimate the
 stage-to-image transform if the session does not give it
-(:func:`estimate_stage_to_image`), turn image shifts into actual stage displacements,
-classify the steps (:func:`classify_steps`), then compute the metrics with plain
-functions on numpy arrays. :func:`analyse` runs the whole chain. No pass/fail
+(:func:`estimate_stage_to_image`), turn image displacements into actual stage
+displacements, less any change of the microscope's image shift
+(:func:`image_shift_change_nm`), classify the steps (:func:`classify_steps`), then
+compute the metrics with plain functions on numpy arrays. :func:`analyse` runs the whole chain. No pass/fail
 decision is made here (that is :mod:`stage_acceptance.certification`).
 
 Every metric is a :class:`Measurement`: its value, a 95 % interval from the data
@@ -18,15 +19,16 @@ coordinates.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from . import intervals
+from . import intervals, readback
 from .geometry import StageToImage, image_px_to_stage_nm, stage_nm_to_image_px
-from .registration import Registration
-from .registry import commanded_nm, register_all, registration_plan, step_axis
+from .registration import Registration, central_region_shape
+from .registry import commanded_nm, register_all, registration_plan, step_axis, tilt_pairs
 from .session import Session
 
 AXIS_NAMES = ("x", "y")
@@ -78,6 +80,12 @@ class Steps:
         0 for a pure alpha step, 1 for a pure beta step, -1 otherwise.
     tilt_kind : ndarray of str, (n,)
         ``"first"``, ``"reversal"``, ``"plain"`` or ``"other"`` for the tilt axes.
+    image_shift_nm : ndarray, (n, 2)
+        Change of the image shift over the step (nm, stage axes), subtracted from the
+        registered displacement to give `actual_nm`; NaN where it is not known.
+    unmeasured : list of str
+        Why a registered step's actual displacement is not known (a change of an
+        uncalibrated image shift); "" otherwise.
     """
 
     frame: np.ndarray
@@ -96,6 +104,8 @@ class Steps:
     tilt_deg: np.ndarray
     tilt_axis: np.ndarray
     tilt_kind: np.ndarray
+    image_shift_nm: np.ndarray
+    unmeasured: list
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -170,6 +180,54 @@ def estimate_stage_to_image(target_nm: np.ndarray, shift_px: np.ndarray, pixel_s
     return StageToImage(float(rotation), bool(best[2]))
 
 
+def image_shift_change_nm(shift_nm: np.ndarray, shift_raw: np.ndarray, reference: int,
+                         moving: int) -> tuple[np.ndarray, str]:
+    """Change of the image shift between two frames, to subtract from their registered motion.
+
+    The image (beam) shift moves the image without moving the stage. recording-v1's
+    ``image_shift_nm`` is taken as the stage displacement (nm, stage axes) that would
+    move the image alike, so the stage moved by the registered displacement (in stage
+    nm) minus the change of ``image_shift_nm``. An image shift known only in the
+    acquiring tool's own units (``image_shift_raw``, e.g. SerialEM's) cannot be
+    subtracted: when it changed, the pair's stage motion is unknown.
+
+    Parameters
+    ----------
+    shift_nm, shift_raw : ndarray, (n_frames, 2)
+        ``image_shift_nm`` and ``image_shift_raw`` of every frame; NaN rows where a frame
+        has none (:meth:`~stage_acceptance.session.Session.image_shifts`).
+    reference, moving : int
+        The two frames.
+
+    Returns
+    -------
+    change_nm : ndarray, (2,)
+        ``shift_nm[moving] - shift_nm[reference]``; zero when neither frame records an
+        image shift, or both the same raw one; NaN when it cannot be known.
+    reason : str
+        Why it cannot be known ("" when it can).
+    """
+    nm = np.isfinite(shift_nm[[reference, moving]]).all(axis=1)
+    raw = np.isfinite(shift_raw[[reference, moving]]).all(axis=1)
+    unknown = np.full(2, np.nan)
+    if nm.all():
+        return shift_nm[moving] - shift_nm[reference], ""
+    if nm.any():
+        has, lacks = (reference, moving) if nm[0] else (moving, reference)
+        return unknown, f"frame {has} records its image shift in nm and frame {lacks} does not"
+    if raw.all():
+        change = shift_raw[moving] - shift_raw[reference]
+        if np.any(change != 0):
+            return unknown, (f"the image shift changed by ({change[0]:+.6g}, {change[1]:+.6g}) in the acquiring "
+                             f"tool's own units (image_shift_raw) and the recording has no calibration of them to "
+                             f"nm, so the stage motion cannot be told from the image motion")
+        return np.zeros(2), ""
+    if raw.any():
+        has, lacks = (reference, moving) if raw[0] else (moving, reference)
+        return unknown, f"frame {has} records an image shift and frame {lacks} does not"
+    return np.zeros(2), ""
+
+
 def classify_steps(axis: np.ndarray, direction: np.ndarray) -> np.ndarray:
     """``"first"``, ``"reversal"``, ``"plain"`` or ``"other"`` for each step.
 
@@ -201,13 +259,17 @@ def images_overlap(delta_nm: np.ndarray, pixel_size_nm: float, frame_shape, tran
     return abs(d[0]) < cols and abs(d[1]) < rows
 
 
-def build_steps(session: Session, registrations: list[PairRegistration], transform: StageToImage) -> Steps:
+def build_steps(session: Session, registrations: list[PairRegistration], transform: StageToImage,
+                image_shift: dict | None = None) -> Steps:
     """Assemble the steps of a session from its consecutive-pair registrations.
 
     A consecutive pair is a step when its images overlap by the reported move, or
     when the registration found an overlap. It is a *translation* step when a lateral
     move was commanded (without a recorded target: reported) and no tilt changed;
-    only translation steps are along an axis.
+    only translation steps are along an axis. `image_shift` maps a pair to its
+    :func:`image_shift_change_nm` (none: no image shift), subtracted from the actual
+    displacement; an unknown change leaves the actual displacement NaN, with the
+    reason in ``Steps.unmeasured``.
     """
     targets = session.targets_nm()
     reported = session.reported_nm()
@@ -230,6 +292,9 @@ def build_steps(session: Session, registrations: list[PairRegistration], transfo
     direction = np.zeros(n, dtype=int)
     for i in np.flatnonzero(translation):
         axis[i], direction[i] = step_axis(d_c[i, :3])
+    changes = [(image_shift or {}).get((r.moving - 1, r.moving), (np.zeros(2), "")) for r in kept]
+    shift_change = np.array([change for change, _ in changes], dtype=float).reshape(n, 2)
+    actual = image_px_to_stage_nm(shift, session.pixel_size_nm, transform).reshape(n, 2) - shift_change
     lateral_still = np.all(d_c[:, :2] == 0, axis=1)
     tilt_axis = np.full(n, -1, dtype=int)
     tilt_axis[lateral_still & (tilt[:, 0] != 0) & (tilt[:, 1] == 0)] = 0
@@ -239,7 +304,7 @@ def build_steps(session: Session, registrations: list[PairRegistration], transfo
         frame=frame,
         target_nm=d_t[:, :2],
         reported_nm=d_r[:, :2],
-        actual_nm=image_px_to_stage_nm(shift, session.pixel_size_nm, transform).reshape(n, 2),
+        actual_nm=actual,
         shift_px=shift,
         confidence=np.array([r.result.confidence for r in kept], dtype=float),
         registered=registered,
@@ -252,6 +317,8 @@ def build_steps(session: Session, registrations: list[PairRegistration], transfo
         tilt_deg=tilt,
         tilt_axis=tilt_axis,
         tilt_kind=classify_steps(tilt_axis, tilt_direction.astype(int)),
+        image_shift_nm=shift_change,
+        unmeasured=[why if ok else "" for (_, why), ok in zip(changes, registered)],
     )
 
 
@@ -768,22 +835,28 @@ class Transform:
     reason: str = ""
 
 
-def stage_to_image_of(session: Session, registrations: list[PairRegistration]) -> Transform:
+def stage_to_image_of(session: Session, registrations: list[PairRegistration],
+                      image_shift: dict | None = None) -> Transform:
     """The session's calibration, or the rotation and flip estimated from its moves.
 
-    Estimated from the registered translation steps (commanded displacements) when the
-    session gives none; unknown (identity, with the reason) when they are too few or
-    all parallel. The interval of an estimated rotation is a bootstrap over the steps.
+    Estimated from the registered translation steps (commanded displacements, plus the
+    change of the image shift, which moves the image alike: `image_shift` as in
+    :func:`build_steps`) when the session gives none; unknown (identity, with the
+    reason) when they are too few or all parallel. The interval of an estimated
+    rotation is a bootstrap over the steps.
     """
     given = session.stage_to_image
     if given is not None:
         return Transform(given, "calibrated")
     commanded = commanded_nm(session)
     deltas = np.array([commanded[r.moving] - commanded[r.reference] for r in registrations]).reshape(-1, 5)
+    lateral = np.all(deltas[:, 2:] == 0, axis=1) & np.any(deltas[:, :2] != 0, axis=1)
+    changes = np.array([(image_shift or {}).get((r.reference, r.moving), (np.zeros(2), ""))[0]
+                        for r in registrations], dtype=float).reshape(-1, 2)
+    deltas[:, :2] += changes  # NaN where the change is unknown: such a pair is not used
     shifts = np.array([r.result.shift_px if r.result.ok else (np.nan, np.nan) for r in registrations],
                       dtype=float).reshape(-1, 2)
-    lateral = np.all(deltas[:, 2:] == 0, axis=1) & np.any(deltas[:, :2] != 0, axis=1)
-    usable = np.flatnonzero(lateral & np.all(np.isfinite(shifts), axis=1))
+    usable = np.flatnonzero(lateral & np.all(np.isfinite(shifts), axis=1) & np.all(np.isfinite(changes), axis=1))
     try:
         estimate = estimate_stage_to_image(deltas[usable, :2], shifts[usable], session.pixel_size_nm)
     except ValueError as exc:
@@ -800,6 +873,76 @@ def stage_to_image_of(session: Session, registrations: list[PairRegistration]) -
 
     low, high = intervals.bootstrap_interval(statistic, [np.arange(len(usable))], resamples=500)
     return Transform(estimate, "estimated", (estimate.rotation_deg + low, estimate.rotation_deg + high))
+
+
+def image_shift_summary(shift_nm: np.ndarray, shift_raw: np.ndarray, image_shift: dict, registered) -> dict:
+    """What the session's image shift was and what the analysis did with it.
+
+    Parameters
+    ----------
+    shift_nm, shift_raw : ndarray, (n_frames, 2)
+        As for :func:`image_shift_change_nm`.
+    image_shift : dict
+        ``(reference, moving) -> (change_nm, reason)`` of every registered pair.
+    registered : dict
+        ``(reference, moving) -> bool``: whether the pair was registered.
+
+    Returns
+    -------
+    dict
+        ``recorded``: ``"nm"``, ``"raw"`` (the acquiring tool's units, not calibrated),
+        ``"nm and raw"`` or ``"none"``; ``frames_with_image_shift``; ``subtracted``:
+        for each registered pair whose image shift changed, ``frames`` and
+        ``change_nm`` (subtracted from its registered motion); ``not_measured``: the
+        registered pairs whose stage motion is unknown because of the image shift, with
+        the reason (``"frames 1->2: ..."``).
+    """
+    has_nm = np.isfinite(shift_nm).all(axis=1)
+    has_raw = np.isfinite(shift_raw).all(axis=1)
+    recorded = {(True, True): "nm and raw", (True, False): "nm", (False, True): "raw",
+                (False, False): "none"}[(bool(has_nm.any()), bool(has_raw.any()))]
+    subtracted, unknown = [], []
+    for (ref, mov), (change, reason) in sorted(image_shift.items(), key=lambda item: (item[0][1], item[0][0])):
+        if not registered.get((ref, mov), False):
+            continue
+        if reason:
+            unknown.append(f"frames {ref}->{mov}: {reason}")
+        elif np.any(change != 0):
+            subtracted.append({"frames": [ref, mov], "change_nm": [float(change[0]), float(change[1])]})
+    return {"recorded": recorded, "frames_with_image_shift": int(np.sum(has_nm | has_raw)),
+            "subtracted": subtracted, "not_measured": unknown}
+
+
+def readback_quanta(reported_nm: np.ndarray, targets_nm: np.ndarray) -> dict[str, readback.Quantum]:
+    """The quantum of the x and y readback (:func:`stage_acceptance.readback.readback_quantum_nm`).
+
+    From the steps between consecutive readings, with the resolution of all readings
+    (:func:`~stage_acceptance.readback.readback_resolution_nm`) as the tolerance. A
+    readback step equal to its commanded step (within that resolution) is left out: it
+    shows the command (round targets are multiples of the step), not a grid of the
+    readback's own; a readback that always equals its target has no quantum to tell.
+
+    Parameters
+    ----------
+    reported_nm, targets_nm : ndarray, (n_frames, 5)
+        Reported and target positions (NaN rows where there is no target).
+    """
+    xy = np.asarray(reported_nm, dtype=float)[:, :2]
+    commanded = np.asarray(targets_nm, dtype=float)[:, :2]
+    resolution = readback.readback_resolution_nm(xy)
+    quanta = {}
+    for k, name in enumerate(AXIS_NAMES):
+        steps, ordered = np.diff(xy[:, k]), np.diff(commanded[:, k])
+        as_commanded = np.isfinite(ordered) & (np.abs(steps - ordered) <= resolution) & (np.abs(steps) > resolution)
+        quantum = readback.readback_quantum_nm(steps[~as_commanded], resolution)
+        left_out = int(as_commanded.sum())
+        if left_out:
+            note = (f"; {left_out} readback step(s) equal to the commanded step were left out (they show the "
+                    f"command, not the readback's grid)")
+            quantum = dataclasses.replace(quantum, reason=quantum.reason + note if quantum.reason else "",
+                                          evidence={**quantum.evidence, "as_commanded": left_out})
+        quanta[name] = quantum
+    return quanta
 
 
 @dataclass
@@ -821,6 +964,12 @@ class Analysis:
     revisits: dict[str, list[dict]] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     tilt: dict[str, TiltMetrics] = field(default_factory=dict)
+    image_shift: dict = field(default_factory=dict)
+    """:func:`image_shift_summary` of the session."""
+    across_tilt: list[tuple[int, int]] = field(default_factory=list)
+    """Pairs across a tilt change, registered on the central region of the field."""
+    readback_quantum: dict[str, readback.Quantum] = field(default_factory=dict)
+    """The readback's quantum per axis (informational; no tolerance judges it)."""
 
     @property
     def frames(self) -> int:
@@ -891,10 +1040,19 @@ def analyse(session: Session, *, jobs: int | None = None, progress: Callable[[st
     dwell_pairs = sum(len(run) - 1 for run in plan.dwell)
     say(f"registering {len(plan.pairs)} frame pairs of {n} frames ({n - 1} consecutive, {revisit_pairs} revisits, "
         f"{dwell_pairs} without a move; each pair once)")
+    shift_nm, shift_raw = session.image_shifts()
+    image_shift = {pair: image_shift_change_nm(shift_nm, shift_raw, *pair) for pair in plan.pairs}
+    across_tilt = tilt_pairs(session, plan.pairs)
+    if central_region_shape(session.frame_shape) == tuple(session.frame_shape):
+        across_tilt = set()  # a small frame is registered whole
+    if across_tilt:
+        say(f"{len(across_tilt)} pair(s) across a tilt change: registered on the central region of the field")
     results = register_all(session, plan.pairs, session.stage_to_image, jobs=jobs, progress=pairs_progress,
-                           prepare=prepare, register=register)
+                           prepare=prepare, register=register,
+                           image_shift_nm={pair: change for pair, (change, _) in image_shift.items()},
+                           central=across_tilt)
     registrations = [PairRegistration(i - 1, i, results[(i - 1, i)]) for i in range(1, n)]
-    s2i = stage_to_image_of(session, registrations)
+    s2i = stage_to_image_of(session, registrations, image_shift)
     if s2i.status == "estimated":
         low, high = s2i.rotation_ci95
         say(f"estimated stage-to-image rotation {s2i.value.rotation_deg:.2f} deg (95 % interval {low:.2f} to "
@@ -902,9 +1060,20 @@ def analyse(session: Session, *, jobs: int | None = None, progress: Callable[[st
     elif s2i.status == "unknown":
         say(f"stage-to-image rotation unknown: {s2i.reason}")
     transform = s2i.value
-    steps = build_steps(session, registrations, transform)
+    steps = build_steps(session, registrations, transform, image_shift)
     failed = [f"frames {ref}->{mov}: {result.reason}" for (ref, mov), result in results.items() if not result.ok]
     unoriented = f"needs the stage-to-image orientation, which is unknown: {s2i.reason}"
+    untargeted = None
+    if not np.any(np.all(np.isfinite(session.targets_nm()), axis=1)):
+        untargeted = ("needs the commanded positions, which the recording does not have (target null in every "
+                      "frame: the acquiring tool recorded the readback only); nothing is certified from the "
+                      "readback alone")
+
+    def stage_nm(pair, result) -> np.ndarray:
+        """Actual stage displacement of a registered pair: image motion less the image-shift change."""
+        if not result.ok:
+            return np.full(2, np.nan)
+        return image_px_to_stage_nm(result.shift_px, session.pixel_size_nm, transform) - image_shift[pair][0]
 
     pairs = {}
     for name, (ref_name, meas_name) in PAIRS.items():
@@ -919,6 +1088,10 @@ def analyse(session: Session, *, jobs: int | None = None, progress: Callable[[st
         rms = pair_rms_nm(ref[steps.translation], meas[steps.translation], f"{counted}translation steps")
         if needs_image and s2i.status == "unknown":
             missing = not_measured(unoriented)
+            per_axis = {axis_name: LostMotion(missing, missing, missing, 0, 0) for axis_name in AXIS_NAMES}
+            rms = missing
+        if "target" in (ref_name, meas_name) and untargeted:
+            missing = not_measured(untargeted)
             per_axis = {axis_name: LostMotion(missing, missing, missing, 0, 0) for axis_name in AXIS_NAMES}
             rms = missing
         pairs[name] = PairMetrics(rms, per_axis)
@@ -937,9 +1110,7 @@ def analyse(session: Session, *, jobs: int | None = None, progress: Callable[[st
         for group in plan.revisits[axis_name]:
             dev = [0.0]
             for other in group[1:]:
-                result = results[(group[0], other)]
-                dev.append(float(image_px_to_stage_nm(result.shift_px, session.pixel_size_nm, transform)[k])
-                           if result.ok else np.nan)
+                dev.append(float(stage_nm((group[0], other), results[(group[0], other)])[k]))
             deviations.append(np.array(dev))
             records.append({"frames": group, "deviation_nm": dev})
         revisits[axis_name] = records
@@ -949,10 +1120,13 @@ def analyse(session: Session, *, jobs: int | None = None, progress: Callable[[st
         metrics[f"{axis_name}.step_scatter_nm"] = ta.step_scatter_nm
         metrics[f"{axis_name}.reported_backlash_nm"] = tr.backlash_nm
         metrics[f"{axis_name}.reported_scale_error"] = tr.scale_error
-        metrics[f"{axis_name}.repeatability_nm"] = (repeatability_nm(deviations) if s2i.status != "unknown"
-                                                    else not_measured(unoriented))
+        metrics[f"{axis_name}.repeatability_nm"] = (
+            not_measured(untargeted) if untargeted else
+            repeatability_nm(deviations) if s2i.status != "unknown" else not_measured(unoriented))
 
-    if s2i.status != "unknown":
+    if untargeted:
+        axis_coupling = Coupling(not_measured(untargeted), not_measured(untargeted), not_measured(untargeted))
+    elif s2i.status != "unknown":
         axis_coupling = coupling(steps.target_nm, steps.actual_nm, steps.axis)
     else:
         axis_coupling = Coupling(not_measured(unoriented), not_measured(unoriented), not_measured(unoriented))
@@ -964,13 +1138,15 @@ def analyse(session: Session, *, jobs: int | None = None, progress: Callable[[st
     for run in plan.dwell:
         pos = [np.zeros(2)]
         for other in run[1:]:
-            result = results[(run[0], other)]
-            pos.append(image_px_to_stage_nm(result.shift_px, session.pixel_size_nm, transform) if result.ok
-                       else np.full(2, np.nan))
+            pos.append(stage_nm((run[0], other), results[(run[0], other)]))
         times.append(session.times_s()[run])
         positions.append(np.array(pos))
     drift_result = drift(times, positions)
     metrics["drift_nm_per_min"] = drift_result.speed_nm_per_min
+    if untargeted and not drift_result.speed_nm_per_min.measured:
+        metrics["drift_nm_per_min"] = not_measured(
+            "frames without a move in between are told by their commanded positions, which the recording does not "
+            "have (target null in every frame)")
 
     for tilt_name in TILT_NAMES:
         metrics_of = tilt.get(tilt_name)
@@ -990,4 +1166,8 @@ def analyse(session: Session, *, jobs: int | None = None, progress: Callable[[st
         revisits=revisits,
         failed=failed,
         tilt=tilt,
+        image_shift=image_shift_summary(shift_nm, shift_raw, image_shift,
+                                        {pair: result.ok for pair, result in results.items()}),
+        readback_quantum=readback_quanta(session.reported_nm(), session.targets_nm()),
+        across_tilt=sorted(across_tilt, key=lambda pair: (pair[1], pair[0])),
     )

@@ -1,7 +1,9 @@
-"""The ``stage-acceptance`` command: ``serve`` a microscope over ZeroMQ, make CURVE ``keys``.
+"""The ``stage-acceptance`` command: ``serve`` a microscope over ZeroMQ, make CURVE ``keys``,
+``import serialem`` sessions as recordings.
 
 Every failure is one line on stderr and exit status 2; Ctrl-C stops serving cleanly
-(status 0) and leaves the stage where it is.
+(status 0) and leaves the stage where it is, and stops an import without leaving
+anything behind (status 1).
 """
 
 from __future__ import annotations
@@ -41,6 +43,20 @@ def _parser() -> argparse.ArgumentParser:
                             "ending, stops and errors")
     keys = commands.add_parser("keys", help="create CURVE server and client key pairs in DIR")
     keys.add_argument("directory", metavar="DIR")
+    imports = commands.add_parser("import", help="write another tool's session as a recording-v1 folder")
+    tools = imports.add_subparsers(dest="tool", required=True)
+    serialem = tools.add_parser("serialem", help="SerialEM MRC stacks with their .mdoc files")
+    serialem.add_argument("files", nargs="+", metavar="FILE",
+                          help="a SerialEM .mrc stack or its .mdoc (either names the pair); frames of all files are "
+                               "put in acquisition order (DateTime)")
+    serialem.add_argument("--out", required=True, metavar="DIR",
+                          help="the recording-v1 folder to create (must not exist, or be empty)")
+    serialem.add_argument("--microscope", default=None, metavar="NAME",
+                          help="instrument name (default: the one in SerialEM's title line)")
+    serialem.add_argument("--image-shift-matrix", nargs=4, type=float, default=None, metavar=("XX", "XY", "YX", "YY"),
+                          help="calibration of SerialEM's image-shift units: the stage move in nm (x, y) that moves "
+                               "the image as one unit of image shift x (XX, YX) and y (XY, YY) does; without it the "
+                               "image shift is kept in its units and pairs across a change of it are not measured")
     return parser
 
 
@@ -56,12 +72,15 @@ def _serve(args) -> int:
     if args.replay:
         from .acceptance import recorded_protocol, recording_holder
         from .backends.replay import ReplayMicroscope
-        from .session import read_recording
+        from .session import RecordingError, read_recording
 
         session = read_recording(args.replay)
         holder = recording_holder(session, args.holder)
         settings = served_settings(holder.key, recorded_protocol(session), session.stage_to_image)
-        microscope = ReplayMicroscope(session)
+        try:
+            microscope = ReplayMicroscope(session)
+        except ValueError as exc:  # e.g. a readback-only recording (a SerialEM import): nothing to answer
+            raise RecordingError(str(exc)) from None
     else:
         from .acceptance import open_microscope
 
@@ -108,6 +127,26 @@ def _keys(args) -> int:
     return 0
 
 
+def _import(args) -> int:
+    from .importers.serialem import plan_import, write_import
+
+    plan = plan_import(args.files, args.out, microscope=args.microscope, image_shift_to_nm=args.image_shift_matrix)
+    try:
+        session = write_import(plan, args.out)
+    except KeyboardInterrupt:
+        print(f"stage-acceptance import: interrupted (Ctrl-C); nothing was written to {args.out}",
+              file=sys.stderr, flush=True)
+        return 1
+    shift = ("calibrated to nm" if plan.image_shift_to_nm is not None else "in SerialEM units (pairs across a "
+             "change of it will not be measured; see --image-shift-matrix)")
+    has_shift = any(section.image_shift is not None for _, section in plan.frames)
+    print(f"stage-acceptance: imported {len(session.frames)} frames of {session.microscope} from "
+          f"{len(plan.stacks)} file(s) into {args.out} (pixel {session.pixel_size_nm:g} nm; readback only, target "
+          f"null; image shift {shift if has_shift else 'not recorded'}); analyse with: pytest suites/ "
+          f"--replay={args.out}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
@@ -117,9 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     from .remote.server import ServeError
     from .session import RecordingError
 
+    errors = (ConfigError, RecordingError, ServeError, KeysError, RemoteError, BackendError, OSError)
+    if args.command == "import":  # its readers (mrcfile, mdocfile) load only when needed
+        from .importers.serialem import SerialEMImportError
+
+        errors += (SerialEMImportError,)
+    commands = {"serve": _serve, "keys": _keys, "import": _import}
     try:
-        return _serve(args) if args.command == "serve" else _keys(args)
-    except (ConfigError, RecordingError, ServeError, KeysError, RemoteError, BackendError, OSError) as exc:
+        return commands[args.command](args)
+    except errors as exc:
         print(f"stage-acceptance {args.command}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:

@@ -22,7 +22,8 @@ from .config import ConfigError
 from . import figures as figure_module
 from .microscope import BackendError, MoveRefused
 from .protocols import FAMILIES, PROTOCOL_NAMES, protocols_for_families
-from .report import certificate_html, figure_anchor, incomplete_html, stage_to_image_json
+from .report import (certificate_html, figure_anchor, incomplete_html, notes_lines, readback_json,
+                     stage_to_image_json)
 from .session import RecordingError
 
 RUN_KEY = pytest.StashKey[AcceptanceRun]()
@@ -297,6 +298,8 @@ class _RunHooks:
         for reason in verdict.why:
             terminalreporter.write_line(f"  - {reason}")
         terminalreporter.write_line(f"holder: {run.holder.name} ({run.holder.source})")
+        for line in notes_lines(run.analysis):
+            terminalreporter.write_line(line)
         minutes = run.instrument_time_s()
         if minutes is not None:
             terminalreporter.write_line(f"instrument time of the session: {minutes / 60:.1f} min "
@@ -324,5 +327,6 @@ class _RunHooks:
             results_path=str(self.results_path) if self.results_path else None,
             instrument_time_s=run.instrument_time_s(), stage_to_image=stage_to_image_json(run.analysis),
             figures=figures, captions={name: figure_module.figure_caption(name) for name in figures},
-            not_registered=run.analysis.failed,
+            not_registered=run.analysis.failed, readback=readback_json(run.analysis),
+            image_shift=run.analysis.image_shift,
         ))

@@ -9,6 +9,12 @@ positions alone, each pair once, in the order of the later frame, so that
 prepared (normalised, transformed) once, kept only while a later pair still needs
 it, and the pairs are registered in parallel threads. Memory stays flat in the
 length of the session; the results do not depend on the number of threads.
+
+A pair across a tilt change (:func:`tilt_pairs`) differs by more than a shift
+(foreshortening): it is registered on the whole frame, then, in frames larger than
+256 px, on the central region where the whole-frame result puts it
+(:func:`~stage_acceptance.registration.register_central`), which gives the
+displacement of the field's centre.
 """
 
 from __future__ import annotations
@@ -129,6 +135,12 @@ class RegistrationPlan:
     dwell: list[list[int]] = field(default_factory=list)
 
 
+def tilt_pairs(session: Session, pairs) -> set[tuple[int, int]]:
+    """The pairs whose commanded (without a recorded target: reported) alpha or beta differ."""
+    tilts = commanded_nm(session)[:, 3:]
+    return {(int(a), int(b)) for a, b in pairs if np.any(tilts[a] != tilts[b])}
+
+
 def registration_plan(session: Session) -> RegistrationPlan:
     """The pairs to register: consecutive, revisits against the first visit, dwell frames
     against the first of their run; each once, ordered by the later frame."""
@@ -162,12 +174,15 @@ def _one_line(exc: Exception) -> str:
 def register_all(session: Session, pairs, transform: StageToImage | None, *, jobs: int | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  prepare: Callable | None = None,
-                 register: Callable[..., Registration] | None = None) -> dict[tuple[int, int], Registration]:
+                 register: Callable[..., Registration] | None = None,
+                 image_shift_nm: dict | None = None,
+                 central: set | None = None) -> dict[tuple[int, int], Registration]:
     """Register frame pairs of a session, each frame read and prepared once.
 
-    The reported displacement, mapped into the image with `transform`, is the prior of
-    each registration when the transform is known. A pair with a frame that cannot be
-    registered (unreadable, wrong shape, constant or non-finite image) is not
+    The reported displacement plus the change of the image shift, mapped into the
+    image with `transform`, is the prior of each registration when the transform is
+    known (no prior where the image-shift change is unknown). A pair with a frame that
+    cannot be registered (unreadable, wrong shape, constant or non-finite image) is not
     registered, with the reason.
 
     Parameters
@@ -187,6 +202,13 @@ def register_all(session: Session, pairs, transform: StageToImage | None, *, job
         prepared_moving, prior_shift_px=...)`` once per pair (default:
         :func:`stage_acceptance.registration.prepare_frame` and
         :func:`~stage_acceptance.registration.register_prepared`).
+    image_shift_nm : dict, optional
+        ``(reference, moving) -> (2,)`` change of the image shift in nm (stage axes),
+        NaN where unknown; missing pairs have none.
+    central : set of (int, int), optional
+        Pairs registered on the central region after the whole frame
+        (:func:`~stage_acceptance.registration.register_central`; default prepared
+        frames only): the pairs across a tilt change (:func:`tilt_pairs`).
 
     Returns
     -------
@@ -195,8 +217,10 @@ def register_all(session: Session, pairs, transform: StageToImage | None, *, job
     """
     pairs = list(dict.fromkeys(tuple(int(i) for i in pair) for pair in pairs))
     jobs = default_jobs() if jobs is None else max(1, int(jobs))
+    central = set(central or ()) if prepare is None else set()  # the central region needs prepared frames
     prepare = prepare or registration.prepare_frame
     register = register or registration.register_prepared
+    image_shift_nm = image_shift_nm or {}
     reported = session.reported_nm()[:, :2]
     uses = Counter(frame for pair in pairs for frame in pair)
     prepared: dict[int, object] = {}
@@ -216,9 +240,14 @@ def register_all(session: Session, pairs, transform: StageToImage | None, *, job
         for item in (a, b):
             if isinstance(item, _Unusable):
                 return unregistered(item.reason)
-        prior = predicted_shift_px(reported[mov] - reported[ref], session.pixel_size_nm, transform)
+        change = np.asarray(image_shift_nm.get(pair, (0.0, 0.0)), dtype=float)
+        prior = (predicted_shift_px(reported[mov] - reported[ref] + change, session.pixel_size_nm, transform)
+                 if np.all(np.isfinite(change)) else None)
         try:
-            return register(a, b, prior_shift_px=prior)
+            result = register(a, b, prior_shift_px=prior)
+            if pair in central and registration.central_region_shape(a.shape) != tuple(a.shape):
+                result = registration.register_central(a, b, coarse_shift_px=result.shift_px)
+            return result
         except ValueError as exc:
             return unregistered(_one_line(exc))
 

@@ -84,6 +84,35 @@ def rotation_note(analysis: Analysis) -> dict:
     return {"note": note, "skew_bound_deg": bound}
 
 
+def readback_json(analysis: Analysis) -> dict:
+    """Per axis, the quantum the readback moves in (informational: results-v1 names no
+    tolerance for it): ``quantum_nm`` (null when not measured, with ``not_measured``),
+    ``steps`` (nonzero readback steps), ``multiples`` (each step in quanta),
+    ``resolution_nm`` (the decimal step the readings are written in, the tolerance of
+    the fit) and ``largest_misfit_nm``."""
+    return {axis: {"quantum_nm": q.quantum_nm, "steps": q.steps, "multiples": list(q.multiples),
+                   "resolution_nm": q.tolerance_nm, "largest_misfit_nm": q.largest_misfit_nm,
+                   "not_measured": q.reason or None}
+            for axis, q in analysis.readback_quantum.items()}
+
+
+def notes_lines(analysis: Analysis) -> list[str]:
+    """One line each for the terminal, when there is something to say: the readback
+    quantum, the image shift and the pairs registered on the central region."""
+    lines = []
+    quanta = [f"{axis} {q.quantum_nm:.4g} nm ({q.steps} steps)" for axis, q in analysis.readback_quantum.items()
+              if q.quantum_nm is not None]
+    if quanta:
+        lines.append(f"readback quantum: {', '.join(quanta)}")
+    shift = analysis.image_shift
+    if shift.get("recorded", "none") != "none":
+        lines.append(f"image shift ({shift['recorded']}): {len(shift['subtracted'])} change(s) subtracted, "
+                     f"{len(shift['not_measured'])} pair(s) not measured (uncalibrated or missing image shift)")
+    if analysis.across_tilt:
+        lines.append(f"{len(analysis.across_tilt)} pair(s) across a tilt change registered on the central region")
+    return lines
+
+
 def results_json(analysis: Analysis, certificate: Certificate, checks: dict[str, Check], verdict: Verdict, *,
                  microscope: str, holder: str, source: str, session_path: str,
                  tests: dict[str, int], extra: dict | None = None) -> dict:
@@ -162,7 +191,10 @@ def results_json(analysis: Analysis, certificate: Certificate, checks: dict[str,
             "reversal": int(np.sum(steps.kind == "reversal")),
             "plain": int(np.sum(steps.kind == "plain")),
             "not_registered": list(analysis.failed),
+            "across_tilt_central_region": [list(pair) for pair in analysis.across_tilt],
         },
+        "image_shift": analysis.image_shift,
+        "readback": readback_json(analysis),
     }
     if extra:
         document.update(extra)
@@ -236,7 +268,8 @@ def certificate_html(verdict: Verdict, certificate: Certificate, checks: dict[st
                      holder: str, holder_source: str, measured_utc: str | None, analysed_utc: str, source: str,
                      session_path: str | None, results_path: str | None, instrument_time_s: float | None,
                      stage_to_image: dict, figures: dict[str, bytes], captions: dict[str, tuple[str, str]],
-                     not_registered: list[str] = ()) -> str:
+                     not_registered: list[str] = (), readback: dict | None = None,
+                     image_shift: dict | None = None) -> str:
     """The certificate block at the top of the HTML report (self-contained HTML).
 
     The verdict comes first, in one line, then why; then what the verdict rests on
@@ -268,6 +301,11 @@ def certificate_html(verdict: Verdict, certificate: Certificate, checks: dict[st
         ``name -> (title, caption)`` of every figure.
     not_registered : list of str
         Frame pairs that could not be registered, with the reason (left out).
+    readback : dict, optional
+        The readback's quantum per axis (:func:`readback_json`).
+    image_shift : dict, optional
+        What the session's image shift was and what was done with it
+        (``Analysis.image_shift``).
 
     Returns
     -------
@@ -337,6 +375,8 @@ def certificate_html(verdict: Verdict, certificate: Certificate, checks: dict[st
         items = "".join(f"<li>{e(text)}</li>" for text in not_registered)
         left_out = (f"<h3>Frame pairs left out ({len(not_registered)})</h3>"
                     f"<p>These pairs could not be registered; their actual displacement is not used.</p><ul>{items}</ul>")
+    readback_block = _readback_html(readback) if readback else ""
+    shift_block = _image_shift_html(image_shift) if image_shift else ""
     images = []
     for name, png in figures.items():
         title, caption = captions.get(name, (name, ""))
@@ -358,11 +398,50 @@ def certificate_html(verdict: Verdict, certificate: Certificate, checks: dict[st
 <h3>Metrics</h3>
 <table><tr><th>metric</th><th>value</th><th>95 % interval</th><th>tolerance</th><th>verdict</th><th>rests on</th></tr>
 {''.join(rows)}</table>
+{readback_block}
+{shift_block}
 {left_out}
 <h3>Figures</h3>
 {''.join(images)}
 </div>
 """
+
+
+def _readback_html(readback: dict) -> str:
+    """The readback quantum per axis (no tolerance judges it)."""
+    e = html.escape
+    rows = []
+    for axis, q in readback.items():
+        if q["quantum_nm"] is None:
+            value, note = "not measured", e(q["not_measured"] or "")
+        else:
+            shown = ", ".join(f"{n:+d}" for n in q["multiples"][:12]) + (" ..." if len(q["multiples"]) > 12 else "")
+            value = f"{q['quantum_nm']:.4g} nm"
+            note = e(f"{q['steps']} nonzero readback steps, each a multiple of it ({shown}) within "
+                     f"{q['resolution_nm']:g} nm (the resolution the readings are written in)")
+        rows.append(f"<tr><td>{e(axis)}</td><td class=num>{e(value)}</td><td>{note}</td></tr>")
+    return ("<h3>Readback quantum</h3><p>The reported position moves in multiples of this step: a readback "
+            "backlash or scatter below it cannot be seen in the readback. Informational: no tolerance judges "
+            "it.</p><table><tr><th>axis</th><th>quantum</th><th>rests on</th></tr>" + "".join(rows) + "</table>")
+
+
+def _image_shift_html(image_shift: dict) -> str:
+    """What the session's image (beam) shift was and what the analysis did with it."""
+    e = html.escape
+    recorded = image_shift.get("recorded", "none")
+    if recorded == "none":
+        return ""
+    lines = [f"<li>{e(f'frames {a}->{b}: {dx:+.2f}, {dy:+.2f} nm subtracted from the registered motion')}</li>"
+             for (a, b), (dx, dy) in ((item["frames"], item["change_nm"]) for item in image_shift["subtracted"])]
+    lines += [f"<li class=marginal>{e(text)}; its actual motion is not measured</li>"
+              for text in image_shift["not_measured"]]
+    what = {"nm": "in nm (image_shift_nm)", "raw": "in the acquiring tool's own units only (image_shift_raw)",
+            "nm and raw": "in nm for some frames and in the tool's own units for others"}[recorded]
+    body = "".join(lines) or "<li>it did not change between the frames of any registered pair</li>"
+    return (f"<h3>Image shift</h3><p>The recording gives the image (beam) shift of "
+            f"{image_shift['frames_with_image_shift']} frame(s), {e(what)}. It moves the image without moving the "
+            f"stage, so its change is subtracted from the registered motion, or the pair is not measured where it "
+            f"cannot be.</p><ul>{body}</ul>")
 
 
 def incomplete_html(reason: str, session_path: str | None) -> str:

@@ -149,6 +149,18 @@ class Session:
     def times_s(self) -> np.ndarray:
         return np.array([f.time_s for f in self.frames], dtype=float)
 
+    def image_shifts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The image shift in effect for each frame, ``(n_frames, 2)`` arrays ``(x, y)``:
+        ``image_shift_nm`` (nm at the specimen, stage axes) and ``image_shift_raw`` (the
+        acquiring tool's own units, not calibrated); NaN rows where a frame has none.
+        Within an object a missing ``x`` or ``y`` means 0, as in a position."""
+        def rows(key):
+            return np.array([[float(f.extra[key].get("x", 0.0)), float(f.extra[key].get("y", 0.0))]
+                             if isinstance(f.extra.get(key), dict) else [np.nan, np.nan]
+                             for f in self.frames], dtype=float).reshape(-1, 2)
+
+        return rows("image_shift_nm"), rows("image_shift_raw")
+
     def protocols(self) -> list[str | None]:
         return [f.protocol for f in self.frames]
 
@@ -219,10 +231,14 @@ FRAME_SCHEMA = {
         "image": {"type": "string", "minLength": 1, "maxLength": MAX_NAME},
         "protocol": {"type": "string", "maxLength": 100},
         "image_shift_nm": {"type": "object", "properties": {"x": _nm, "y": _nm}},
+        # This project's addition: the image shift in the acquiring tool's own units, where
+        # no calibration to nm is known (a change of it leaves the pair's actual motion unknown).
+        "image_shift_raw": {"type": "object", "additionalProperties": False, "required": ["x", "y"],
+                            "properties": {"x": _nm, "y": _nm}},
     },
 }
 
-_FRAME_KEYS = set(FRAME_SCHEMA["properties"]) - {"image_shift_nm"}
+_FRAME_KEYS = set(FRAME_SCHEMA["properties"]) - {"image_shift_nm", "image_shift_raw"}
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -453,10 +469,14 @@ class RecordingWriter:
     meta : dict
         ``session.json`` content without ``format`` and ``version`` (added here):
         at least ``microscope`` and ``pixel_size_nm``.
+    stamp_start : bool
+        Write ``started`` (now, UTC) with the first frame: a live run. An importer of
+        frames taken earlier gives False and keeps whatever `meta` says.
     """
 
-    def __init__(self, directory: str | Path, meta: dict):
+    def __init__(self, directory: str | Path, meta: dict, *, stamp_start: bool = True):
         self.directory = Path(directory)
+        self.stamp_start = stamp_start
         if (self.directory / "frames.jsonl").exists():
             raise RecordingError(f"{self.directory}: already holds a recording; choose another --record folder")
         (self.directory / "images").mkdir(parents=True, exist_ok=True)
@@ -470,21 +490,29 @@ class RecordingWriter:
         self._frames_handle = open(self.directory / "frames.jsonl", "w", encoding="utf-8")
         self.frames: list[Frame] = []
 
-    def append(self, *, time_s: float, target: StagePosition, reported: StagePosition,
-               image: np.ndarray, protocol: str | None) -> Frame:
+    def append(self, *, time_s: float, target: StagePosition | None, reported: StagePosition,
+               image: np.ndarray, protocol: str | None, extra: dict | None = None) -> Frame:
         """Store one frame: the image file first, then its line in ``frames.jsonl``.
 
         The image is a TIFF compressed losslessly (deflate, readable by tifffile and
-        Fiji), integer counts in an integer type (:func:`storable`).
+        Fiji), integer counts in an integer type (:func:`storable`). `target` is None
+        where the command is not known (recording-v1 ``null``); `extra` holds further
+        keys of the line (e.g. ``image_shift_nm``), checked against
+        :data:`FRAME_SCHEMA` like everything else.
         """
         index = len(self.frames)
-        if index == 0:
+        if index == 0 and self.stamp_start:
             self.meta["started"] = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
             _write_json_atomic(self.directory / "session.json", self.meta)
         name = f"images/{index:05d}.tif"
         tifffile.imwrite(self.directory / name, storable(image), compression="zlib", compressionargs={"level": 1})
-        frame = Frame(index=index, time_s=float(time_s), target=target, reported=reported, image=name, protocol=protocol)
-        self._frames_handle.write(json.dumps(frame.to_json(), allow_nan=False) + "\n")
+        frame = Frame(index=index, time_s=float(time_s), target=target, reported=reported, image=name,
+                      protocol=protocol, extra=dict(extra or {}))
+        record = frame.to_json()
+        problem = schema_problem(record, FRAME_SCHEMA)
+        if problem:
+            raise ValueError(f"frame {index}: {problem}")
+        self._frames_handle.write(json.dumps(record, allow_nan=False) + "\n")
         self._frames_handle.flush()
         self.frames.append(frame)
         return frame

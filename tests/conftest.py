@@ -18,10 +18,8 @@ from stage_acceptance.sim.microscope import SimulatedMicroscope
 
 CONFIGS = Path(__file__).parent / "configs"
 SUITES = Path(__file__).parent.parent / "suites"
-SERIALEM_DATA = Path(os.environ.get(
-    "STAGE_ACCEPTANCE_SERIALEM_DATA",
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "serialem-nist-titan"))
-"""Real SerialEM frames (NIST Titan) from the project's shared/ folder beside the checkout."""
+SERIALEM_DATA = Path(__file__).parent / "data" / "serialem-nist-titan"
+"""Real SerialEM frames (NIST Titan), cropped to 512 x 512, shipped with the tests (see its README)."""
 
 pytest_plugins = ["pytester"]
 

@@ -87,7 +87,7 @@ VALUES = st.one_of(
     st.lists(st.integers(), max_size=3), st.dictionaries(st.sampled_from("xyzab"), st.floats(-1e9, 1e9), max_size=3),
 )
 FRAME_KEYS = st.sampled_from(["index", "time_s", "target", "reported", "image", "protocol", "image_shift_nm",
-                              "extra"])
+                              "image_shift_raw", "extra"])
 SESSION_KEYS = st.sampled_from(["format", "version", "microscope", "holder", "pixel_size_nm", "stage_to_image",
                                 "started", "notes", "stage_acceptance"])
 

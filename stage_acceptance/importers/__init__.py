@@ -1,0 +1,1 @@
+"""Importers: sessions other tools recorded, written as recording-v1 folders."""

@@ -1,0 +1,214 @@
+"""The SerialEM importer: real NIST Titan stacks in, a recording-v1 folder out; bad input
+refused in one line, with nothing written."""
+
+import json
+import shutil
+
+import mrcfile
+import numpy as np
+import pytest
+
+from conftest import SERIALEM_DATA
+from stage_acceptance.cli import main
+from stage_acceptance.importers.serialem import SerialEMImportError, import_serialem, stack_and_mdoc
+from stage_acceptance.session import read_recording
+
+NIST = [SERIALEM_DATA / f"test_00{k}.mrc" for k in range(3)]
+
+
+@pytest.fixture(scope="module")
+def nist(tmp_path_factory):
+    out = tmp_path_factory.mktemp("import") / "nist"
+    return import_serialem(NIST, out)
+
+
+def test_frames_come_in_acquisition_order_with_readback_time_tilt_and_pixel_size(nist):
+    assert nist.microscope == "NIST Titan D3094"
+    assert nist.pixel_size_nm == pytest.approx(0.788)  # PixelSpacing 7.88 Angstrom
+    assert nist.incomplete is None and nist.meta["stage_acceptance"]["complete"] is True
+    assert "started" not in nist.meta  # SerialEM's DateTime is local time, not UTC
+    files = [f.extra["serialem"]["file"] for f in nist.frames]
+    assert files == ["test_000.mrc"] * 2 + ["test_002.mrc"] * 2 + ["test_001.mrc"] * 2  # by DateTime
+    assert [f.time_s for f in nist.frames] == [0.0, 2.0, 25.0, 26.0, 170.0, 171.0]
+    assert all(f.target is None for f in nist.frames)
+    reported = nist.reported_nm()
+    np.testing.assert_array_equal(reported[:, 0], [-15990.0, -16009.5, -16029.0, -16029.0, -16107.0, -16107.0])
+    np.testing.assert_array_equal(reported[:, 1], [-8554.3] * 4 + [-8515.0] * 2)
+    np.testing.assert_array_equal(reported[:, 2], [-123688.0] * 6)  # StageZ, um -> nm
+    np.testing.assert_allclose(reported[:, 3], [-0.000488] * 2 + [-5.00151] * 2 + [5.00054] * 2)
+
+
+def test_images_are_the_mrc_sections_unchanged(nist):
+    with mrcfile.open(NIST[2], permissive=True) as mrc:
+        sections = np.array(mrc.data)
+    for index, z in ((2, 0), (3, 1)):
+        image = nist.image(index)
+        assert image.dtype == sections.dtype
+        np.testing.assert_array_equal(image, sections[z])
+
+
+def test_image_shift_is_kept_in_serialem_units_without_a_calibration(nist):
+    shift_nm, shift_raw = nist.image_shifts()
+    assert np.all(np.isnan(shift_nm))
+    np.testing.assert_allclose(shift_raw[0], [0.282358, -0.180588])
+    np.testing.assert_allclose(shift_raw[4], [0.600434, -0.490882])
+    again = read_recording(nist.directory)  # what a replay reads
+    np.testing.assert_array_equal(again.image_shifts()[1], shift_raw)
+    assert "image-shift units, not calibrated" in again.meta["stage_acceptance"]["imported"]["image_shift"]
+
+
+def test_a_calibration_writes_image_shift_in_nm(tmp_path):
+    matrix = [[1000.0, 50.0], [-20.0, 900.0]]
+    session = import_serialem(NIST[:1], tmp_path / "rec", image_shift_to_nm=matrix)
+    shift_nm, shift_raw = session.image_shifts()
+    assert np.all(np.isnan(shift_raw))
+    np.testing.assert_allclose(shift_nm[0], np.array(matrix) @ [0.282358, -0.180588], atol=1e-4)
+
+
+# --------------------------------------------------------------------------- small synthetic stacks
+
+SECTION = """[ZValue = {z}]
+TiltAngle = {tilt}
+StagePosition = {x} -8.5543
+StageZ = -123.688
+Magnification = 115000
+PixelSpacing = {pixel}
+ImageShift = 0.25 -0.5
+DateTime = 31-Mar-23  16:24:{second:02d}
+"""
+
+
+def write_stack(folder, name="s.mrc", frames=2, sections=None, size=32, pixel=7.88, mdoc_name=None, header=None,
+                start=0):
+    """A tiny SerialEM-like stack and its .mdoc (SerialEM's NAME.mrc.mdoc unless told)."""
+    rng = np.random.default_rng(len(name))
+    with mrcfile.new(folder / name, overwrite=True) as mrc:
+        mrc.set_data(rng.integers(100, 4000, (frames, size, size)).astype(np.int16))
+    sections = frames if sections is None else sections
+    text = header if header is not None else (f"PixelSpacing = {pixel}\r\nImageFile = {name}\r\n"
+                                              f"ImageSize = {size} {size}\r\nDataMode = 1\r\n\r\n"
+                                              f"[T = SerialEM: Test Scope    31-Mar-23  16:24:14    ]\r\n\r\n")
+    text += "\n".join(SECTION.format(z=z, tilt=0.0, x=-15.99 - 0.0195 * z, pixel=pixel, second=start + 2 * z)
+                      for z in range(sections))
+    mdoc = folder / (mdoc_name or name + ".mdoc")
+    mdoc.write_text(text)
+    return folder / name, mdoc
+
+
+def refused(tmp_path, paths, match, out_name="out", **options):
+    out = tmp_path / out_name
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SerialEMImportError, match=match) as info:
+        import_serialem(paths, out, **options)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no scratch folder left
+    return message
+
+
+def test_serialem_naming_and_image_file_lookup(tmp_path):
+    mrc, mdoc = write_stack(tmp_path, "a.mrc")
+    assert stack_and_mdoc(mrc) == (mrc, mdoc) == stack_and_mdoc(mdoc)  # a.mrc.mdoc
+    other, plain = write_stack(tmp_path, "b.st", mdoc_name="b.mdoc")
+    assert stack_and_mdoc(plain) == (other, plain)  # b.mdoc names its stack by ImageFile
+
+
+def test_montage_piece_coordinates_are_kept(tmp_path):
+    mrc, mdoc = write_stack(tmp_path)
+    mdoc.write_text(mdoc.read_text().replace("[ZValue = 1]", "[ZValue = 1]\nPieceCoordinates = 922 0 0"))
+    session = import_serialem([mrc], tmp_path / "rec")
+    assert session.frames[1].extra["serialem"]["piece_coordinates"] == [922.0, 0.0, 0.0]
+
+
+def test_missing_files_are_refused(tmp_path):
+    assert "file not found" in refused(tmp_path, [tmp_path / "none.mrc"], "none.mrc")
+    mrc, mdoc = write_stack(tmp_path)
+    mrc.unlink()
+    refused(tmp_path, [mdoc], r"s\.mrc\.mdoc: its image stack is missing")
+    write_stack(tmp_path, "t.mrc").__getitem__(1).unlink()
+    refused(tmp_path, [tmp_path / "t.mrc"], r"t\.mrc: no \.mdoc beside it")
+
+
+def test_a_cut_stack_is_refused_before_anything_is_written(tmp_path):
+    mrc, _ = write_stack(tmp_path)
+    mrc.write_bytes(mrc.read_bytes()[:-100])
+    refused(tmp_path, [mrc], r"s\.mrc: holds \d+ bytes, its header describes 2 images of 32 x 32 px in \d+ bytes")
+    refused(tmp_path, [tmp_path], r"is a folder; give SerialEM \.mrc stacks")
+
+
+def test_frame_counts_sizes_and_pixel_sizes_must_agree(tmp_path):
+    mrc, _ = write_stack(tmp_path, frames=1, sections=2)
+    refused(tmp_path, [mrc], r"describes 2 image\(s\), but s\.mrc holds 1")
+    mrc, mdoc = write_stack(tmp_path, "t.mrc")
+    mdoc.write_text(mdoc.read_text().replace("ImageSize = 32 32", "ImageSize = 64 64"))
+    refused(tmp_path, [mrc], r"key 'ImageSize' is 64 64, but t\.mrc holds images of 32 x 32 px")
+    first, _ = write_stack(tmp_path, "u.mrc")
+    second, _ = write_stack(tmp_path, "v.mrc", pixel=15.76, start=10)
+    refused(tmp_path, [first, second], r"different pixel sizes \(0\.788 nm \(u\.mrc\), 1\.576 nm \(v\.mrc\)\)")
+    refused(tmp_path, [first, tmp_path / "u.mrc.mdoc"], r"names the stack u\.mrc again")
+
+
+def test_missing_or_bad_keys_name_the_file_section_and_key(tmp_path):
+    mrc, mdoc = write_stack(tmp_path)
+    mdoc.write_text("\n".join(line for line in mdoc.read_text().splitlines() if "PixelSpacing" not in line))
+    refused(tmp_path, [mrc], r"s\.mrc\.mdoc:\d+: section \[ZValue = 0\]: missing key 'PixelSpacing'")
+    mrc, mdoc = write_stack(tmp_path, "t.mrc")
+    mdoc.write_text(mdoc.read_text().replace("StagePosition = -15.99 -8.5543", "StagePosition = abc -8.5543"))
+    refused(tmp_path, [mrc], r"t\.mrc\.mdoc:\d+: section \[ZValue = 0\]: key 'StagePosition' has bad value 'abc")
+    mrc, mdoc = write_stack(tmp_path, "u.mrc")
+    mdoc.write_text(mdoc.read_text().replace("StagePosition = -15.99 -8.5543", "StagePosition = nan -8.5543"))
+    refused(tmp_path, [mrc], r"key 'StagePosition' has bad value nan: must be a finite number")
+    mrc, mdoc = write_stack(tmp_path, "v.mrc")
+    mdoc.write_text(mdoc.read_text().replace("DateTime = 31-Mar-23  16:24:02", "DateTime = yesterday"))
+    refused(tmp_path, [mrc], r"section \[ZValue = 1\]: key 'DateTime' has bad value 'yesterday'")
+    mrc, mdoc = write_stack(tmp_path, "w.mrc")
+    mdoc.write_bytes(b"\x00\x01MRC")
+    refused(tmp_path, [mrc], r"w\.mrc\.mdoc: not a text file")
+
+
+def test_an_out_folder_with_content_is_refused(tmp_path):
+    mrc, _ = write_stack(tmp_path)
+    import_serialem([mrc], tmp_path / "rec")
+    refused(tmp_path, [mrc], r"rec: already holds a recording", out_name="rec")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x.txt").write_text("mine")
+    refused(tmp_path, [mrc], r"busy: exists and is not an empty folder", out_name="busy")
+    (tmp_path / "empty").mkdir()
+    assert len(import_serialem([mrc], tmp_path / "empty").frames) == 2
+
+
+def test_a_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
+    from stage_acceptance.importers import serialem
+
+    mrc, _ = write_stack(tmp_path)
+
+    def broken(self, stack, z):
+        raise SerialEMImportError(f"{stack.mrc}: image {z} cannot be read (disk gone)")
+
+    monkeypatch.setattr(serialem._StackReader, "image", broken)
+    refused(tmp_path, [mrc], r"image 0 cannot be read \(disk gone\)")
+
+
+def test_cli_imports_and_refuses_in_one_line(tmp_path, capsys):
+    mrc, _ = write_stack(tmp_path)
+    assert main(["import", "serialem", str(mrc), "--out", str(tmp_path / "rec"), "--microscope", "Krios 3"]) == 0
+    out = capsys.readouterr().out
+    assert "imported 2 frames of Krios 3" in out and "--replay=" in out
+    assert json.loads((tmp_path / "rec" / "session.json").read_text())["microscope"] == "Krios 3"
+    assert main(["import", "serialem", str(mrc), "--out", str(tmp_path / "rec")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("stage-acceptance import: error: ") and "already holds" in err
+    assert main(["import", "serialem", str(mrc), "--out", str(tmp_path / "m"), "--image-shift-matrix", "1", "0",
+                 "0", "inf"]) == 2
+    assert "--image-shift-matrix 1 0 0 inf: needs 4 finite numbers" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    # a readback-only recording answers no moves: serving it is refused in one line, not a traceback
+    assert main(["serve", "--replay", str(tmp_path / "rec"), "--bind", "tcp://127.0.0.1:0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "has no recorded target (target: null)" in err
+
+
+def test_a_copy_of_the_real_mdoc_without_its_stack_is_refused(tmp_path):
+    shutil.copy(SERIALEM_DATA / "test_000.mdoc", tmp_path)
+    message = refused(tmp_path, [tmp_path / "test_000.mdoc"], "its image stack is missing")
+    assert "test0.mrc" in message  # the ImageFile the .mdoc names was looked for too
