@@ -20,6 +20,7 @@ from .certification import Certificate, Check, Verdict, certify, metric_checks, 
 from .config import (MICROSCOPE_SCHEMA, ConfigError, HolderConfig, MicroscopeConfig, ProtocolConfig,
                      is_shipped_holder, load_holder, load_microscope, schema_problem)
 from .figures import all_figures
+from .history import MAX_LABEL_CHARS, MAX_NOTE_CHARS, History, HistoryError, check_text, describe_url, history_url
 from .microscope import Envelope, Microscope, MoveRefused
 from .protocols import PROTOCOL_NAMES, Protocol, build
 from .report import results_json, write_json
@@ -172,6 +173,12 @@ class AcceptanceRun:
         Folder of the default outputs.
     html, results, record : str or None
         Paths given on the command line (see :func:`default_outputs`).
+    history : str or None
+        ``--history``: the database URL or SQLite file the run is recorded in
+        (default ``<reports_dir>/history.sqlite``); checked here, opened (created on
+        first use) by :meth:`open_history`.
+    note, label : str or None
+        ``--note`` and ``--label`` recorded with the run in the history.
 
     Raises
     ------
@@ -181,10 +188,21 @@ class AcceptanceRun:
 
     def __init__(self, microscope: str, holder: str | None, replay: str | None, *, reports_dir: Path,
                  html: str | None = None, results: str | None = None, record: str | None = None,
-                 jobs: int | None = None):
+                 jobs: int | None = None, history: str | None = None, note: str | None = None,
+                 label: str | None = None):
         if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 256):
             raise ConfigError(f"--jobs {jobs!r}: must be an integer from 1 to 256 (threads registering at once)")
         self.jobs = jobs
+        try:
+            self.note = check_text(note, "--note", MAX_NOTE_CHARS)
+            self.label = check_text(label, "--label", MAX_LABEL_CHARS)
+            self.history_url = history_url(history, reports_dir)
+        except HistoryError as exc:
+            raise ConfigError(str(exc)) from None
+        self.history: History | None = None
+        self.history_id: int | None = None
+        self.document: dict | None = None
+        """The results JSON as written (:meth:`write_results`)."""
         self.replay = replay
         self.microscope_config: MicroscopeConfig | None = None
         self._session: Session | None = None
@@ -303,11 +321,32 @@ class AcceptanceRun:
             raise
         self._microscope, self._origin, self._protocols = microscope, origin, protocols
 
+    def open_history(self) -> History:
+        """Open the history database (creating or upgrading it on first use), once.
+
+        The pytest plugin calls it before any test runs, after the plan is checked, so an
+        unreachable database stops the run before anything moves and a refused plan
+        leaves no database file behind.
+
+        Raises
+        ------
+        ConfigError
+            When the database cannot be reached or is not a history this version can use.
+        """
+        if self.history is None:
+            try:
+                self.history = History(self.history_url)
+            except HistoryError as exc:
+                raise ConfigError(str(exc)) from None
+        return self.history
+
     def close(self) -> None:
-        """Release a microscope that was prepared but never run (leaving the stage)."""
+        """Release a microscope that was prepared but never run (leaving the stage), and the history."""
         if self._microscope is not None:
             self._microscope.close()
             self._microscope = None
+        if self.history is not None:
+            self.history.close()
 
     def session(self, protocol_names=PROTOCOL_NAMES,
                 progress: Callable[[str, int, int], None] | None = None) -> Session:
@@ -463,4 +502,30 @@ class AcceptanceRun:
         )
 
     def write_results(self, tests: dict[str, int]) -> Path:
-        return write_json(self.results(tests), self.outputs.results_json)
+        """Write the results JSON (kept as :attr:`document`); return its path."""
+        self.document = self.results(tests)
+        return write_json(self.document, self.outputs.results_json)
+
+    def record_history(self, report: Path | None) -> int:
+        """Record the run, from its results JSON as written, in the history; return the entry's id.
+
+        Raises
+        ------
+        HistoryError
+            When the database cannot be written (one line).
+        """
+        if self.document is None:
+            raise RuntimeError("write_results() first")
+        if self.history is None:
+            try:
+                self.open_history()
+            except ConfigError as exc:
+                raise HistoryError(str(exc)) from None
+        self.history_id = self.history.record(self.document, report=report, results=self.outputs.results_json,
+                                              note=self.note, label=self.label)
+        return self.history_id
+
+    @property
+    def history_where(self) -> str:
+        """The history database for people (no password)."""
+        return describe_url(self.history_url)

@@ -45,6 +45,13 @@ def pytest_addoption(parser):
                     help="write the results JSON here (default: next to the HTML report)")
     group.addoption("--jobs", default=None, type=int, metavar="N",
                     help="threads registering frame pairs at once (default: every core)")
+    group.addoption("--history", default=None, metavar="URL|PATH",
+                    help="database the run is recorded in: sqlite:///PATH, postgresql://USER:PASSWORD@HOST/DB or "
+                         "an SQLite file (default: reports/history.sqlite)")
+    group.addoption("--note", default=None, metavar="TEXT",
+                    help="a note recorded with the run in the history, e.g. 'service visit: x motor replaced'")
+    group.addoption("--label", default=None, metavar="TEXT",
+                    help="serial number or label of the instrument or holder, recorded in the history")
 
 
 def _is_acceptance_run(config) -> bool:
@@ -70,7 +77,7 @@ def pytest_configure(config):
         run = AcceptanceRun(opts.microscope, opts.holder, opts.replay,
                             reports_dir=Path(config.invocation_params.dir) / "reports",
                             html=getattr(opts, "htmlpath", None), results=opts.results_json, record=opts.record,
-                            jobs=opts.jobs)
+                            jobs=opts.jobs, history=opts.history, note=opts.note, label=opts.label)
     except (ConfigError, RecordingError, RemoteError) as exc:
         raise pytest.UsageError(str(exc)) from None
     # pytest-html reads these options in its own pytest_configure, which runs after this one.
@@ -232,6 +239,7 @@ class _RunHooks:
         self.tests = {"passed": 0, "failed": 0, "skipped": 0}
         self.results_path: Path | None = None
         self.refused = False
+        self.history_error: str | None = None
 
     def protocol_names(self) -> tuple[str, ...]:
         return protocols_for_families(self.families or set(FAMILIES)) or PROTOCOL_NAMES
@@ -250,6 +258,7 @@ class _RunHooks:
 
         try:
             self.run.prepare(self.protocol_names())
+            self.run.open_history()
         except (MoveRefused, ConfigError, RemoteError, PyJEMError) as exc:
             self.refused = True
             raise pytest.UsageError(str(exc).splitlines()[0]) from None
@@ -281,6 +290,15 @@ class _RunHooks:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.run.analysis is not None:
             self.results_path = self.run.write_results(self.tests)
+            from .history import HistoryError
+
+            report = self.run.outputs.html if getattr(self.config.option, "htmlpath", None) else None
+            try:
+                self.run.record_history(report)
+            except HistoryError as exc:
+                self.history_error = str(exc)
+                if session.exitstatus == pytest.ExitCode.OK:  # every certification is recorded, or the run says so
+                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         run = self.run
@@ -307,6 +325,10 @@ class _RunHooks:
             terminalreporter.write_line(f"results JSON: {self.results_path}")
         if run.session_path:
             terminalreporter.write_line(f"session recording: {run.session_path}")
+        if run.history_id is not None:
+            terminalreporter.write_line(f"history: entry {run.history_id} in {run.history_where}")
+        elif self.history_error:
+            terminalreporter.write_line(f"history: NOT recorded: {self.history_error}", red=True, bold=True)
 
     def pytest_html_report_title(self, report):
         report.title = f"Stage acceptance: {self.run.microscope_name}"

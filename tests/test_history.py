@@ -1,0 +1,179 @@
+"""The history database: SQLite always, and a real PostgreSQL server (pgserver) started once."""
+
+from __future__ import annotations
+
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import MetaData, Table, create_engine, inspect, update
+
+from stage_acceptance.history import (VERSION_TABLE, Base, History, HistoryError, check_text, describe_url,
+                                      history_url, metrics_of, schema_head)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A PostgreSQL server for this test session (pgserver ships its binaries); fails, never skips."""
+    try:
+        with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR not set (root in CI)
+            warnings.simplefilter("ignore")
+            import pgserver
+
+            server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    except Exception as exc:  # any failure to start is a test failure, with the reason
+        pytest.fail(f"cannot start the PostgreSQL test server (pip install pgserver): {type(exc).__name__}: {exc}",
+                    pytrace=False)
+    yield server
+    server.cleanup()
+
+
+def _drop_all(url) -> None:
+    engine = create_engine(url)
+    Base.metadata.drop_all(engine)
+    if inspect(engine).has_table(VERSION_TABLE):
+        Table(VERSION_TABLE, MetaData(), autoload_with=engine).drop(engine)
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    """The URL of an empty history database of each kind."""
+    if request.param == "sqlite":
+        yield history_url(str(tmp_path / "reports" / "history.sqlite"), tmp_path)
+        return
+    server = request.getfixturevalue("postgres_server")
+    address = history_url(server.get_uri(), tmp_path)
+    _drop_all(address)
+    yield address
+    _drop_all(address)
+
+
+def document(microscope="sim", holder="default", verdict="accepted", case="a", measured="2026-01-10T08:00:00+00:00",
+             analysed=None, backlash_nm=2.0, **extra):
+    """A results-v1 document of the shape stage-acceptance writes (two checks and a pair)."""
+    return {
+        "schema": "stage-acceptance/results", "version": 1, "microscope": microscope, "holder": holder,
+        "holder_name": "Generic side-entry holder", "source": "live", "session": "/data/rec",
+        "verdict": verdict, "certification": {"case": case, "accepted": verdict == "accepted"},
+        "date_utc": analysed or measured, "date_measured_utc": measured, "stage_acceptance_version": "0.1.0",
+        "checks": {
+            "x.backlash_nm": {"label": "Backlash, x", "value": backlash_nm, "unit": "nm", "limit": 15.0,
+                              "passed": abs(backlash_nm) <= 15.0, "ci95": [backlash_nm - 1.5, backlash_nm + 1.5],
+                              "marginal": False},
+            "drift_nm_per_min": {"label": "Drift while standing still", "value": None, "unit": "nm/min",
+                                 "limit": 5.0, "passed": None, "ci95": None, "marginal": False},
+        },
+        "pairs": {"target_actual": {"rms_nm": 3.0, "rms_ci95": [2.0, 4.5], "agree": True, "consistent": True}},
+        **extra,
+    }
+
+
+def test_a_run_is_recorded_from_its_results_json(url):
+    doc = document(backlash_nm=4.0, tests={"passed": 21, "failed": 0, "skipped": 0})
+    with History(url) as history:
+        entry_id = history.record(doc, report="/r/sim.html", results="/r/sim.json",
+                                  note="service visit: x motor replaced", label="SN 1234")
+        [entry] = history.runs()
+    assert entry.id == entry_id
+    assert (entry.instrument, entry.holder, entry.label, entry.source) == ("sim", "default", "SN 1234", "live")
+    assert (entry.verdict, entry.case, entry.version) == ("accepted", "a", "0.1.0")
+    assert entry.measured_utc == datetime(2026, 1, 10, 8, 0) and entry.analysed_utc == datetime(2026, 1, 10, 8, 0)
+    assert (entry.report_path, entry.results_path, entry.recording_path) == ("/r/sim.html", "/r/sim.json", "/data/rec")
+    assert entry.note == "service visit: x motor replaced"
+    backlash = entry.metrics["x.backlash_nm"]
+    assert (backlash.value, backlash.ci95, backlash.tolerance, backlash.unit, backlash.passed) == \
+        (4.0, (2.5, 5.5), 15.0, "nm", True)
+    assert entry.metrics["drift_nm_per_min"].value is None and entry.metrics["drift_nm_per_min"].ci95 is None
+    assert entry.metrics["pairs.target_actual.rms_nm"].ci95 == (2.0, 4.5)
+    assert entry.results == doc  # the whole results JSON, so the two never disagree
+
+
+def test_runs_are_filtered_ordered_and_the_last_accepted_is_found(url):
+    with History(url) as history:
+        history.record(document(measured="2026-03-01T00:00:00+00:00", verdict="not accepted", case="f"))
+        history.record(document(measured="2026-01-01T00:00:00+00:00"))
+        history.record(document(measured="2026-02-01T00:00:00+00:00", backlash_nm=3.0))
+        history.record(document(measured="2026-02-15T00:00:00+00:00", holder="jeol-double-tilt"))
+        history.record(document(microscope="grandarm", measured="2026-02-20T00:00:00+00:00"))
+        dates = [entry.when_utc.month for entry in history.runs("sim", "default")]
+        assert dates == [1, 2, 3]
+        assert [e.instrument for e in history.runs(holder="jeol-double-tilt")] == ["sim"]
+        last = history.last_accepted("sim", "default")
+        assert last.metrics["x.backlash_nm"].value == 3.0 and last.verdict == "accepted"
+        earlier = history.last_accepted("sim", "default", before=datetime(2026, 2, 1))
+        assert earlier.when_utc == datetime(2026, 1, 1)
+        assert history.last_accepted("sim", "default", before=datetime(2026, 1, 1)) is None
+        assert history.instruments() == [("grandarm", "default"), ("sim", "default"), ("sim", "jeol-double-tilt")]
+
+
+def test_the_schema_is_made_on_first_use_and_versioned(url):
+    History(url).close()
+    engine = create_engine(url)
+    tables = set(inspect(engine).get_table_names())
+    assert {"acceptance_runs", "acceptance_metrics", VERSION_TABLE} <= tables
+    with History(url) as history:  # a second opening finds it at the newest revision
+        assert history._revision() == schema_head() == "0001"
+        history.record(document())
+    # a database written by a newer stage-acceptance is refused, not changed
+    versions = Table(VERSION_TABLE, MetaData(), autoload_with=engine)
+    with engine.begin() as connection:
+        connection.execute(update(versions).values(version_num="9999"))
+    with pytest.raises(HistoryError, match=r"schema is at revision 9999, which this stage-acceptance does not know"):
+        History(url)
+    versions.drop(engine)
+    with pytest.raises(HistoryError, match="without a schema version"):
+        History(url)
+    engine.dispose()
+
+
+def test_the_default_history_is_a_file_beside_the_reports(tmp_path):
+    url = history_url(None, tmp_path / "reports")
+    assert url.get_backend_name() == "sqlite"
+    assert Path(url.database) == (tmp_path / "reports" / "history.sqlite").resolve()
+    with History(url) as history:
+        history.record(document())
+    assert (tmp_path / "reports" / "history.sqlite").is_file()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("mysql://u:secret@host/db", "--history mysql://u:***@host/db: database kind 'mysql' is not supported"),
+    ("postgresql://u:secret@host:notaport/db", "--history postgresql://u:***@host:notaport/db: not a database URL"),
+    ("sqlite://", "an SQLite history needs a file"),
+    ("a\nb", "one line"),
+])
+def test_a_bad_history_url_is_one_line_naming_it_without_the_password(value, message, tmp_path):
+    with pytest.raises(HistoryError) as error:
+        history_url(value, tmp_path)
+    text = str(error.value)
+    assert message in text and "\n" not in text and "secret" not in text
+
+
+def test_an_unreachable_server_is_one_line_without_the_password(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(HistoryError) as error:
+        History(history_url(f"postgresql://user:secret@127.0.0.1:{port}/db", tmp_path))
+    assert str(error.value).startswith(f"history postgresql+psycopg://user:***@127.0.0.1:{port}/db: ")
+    assert "secret" not in str(error.value) and "\n" not in str(error.value)
+    assert describe_url(history_url(f"postgresql://user:secret@h:{port}/db", tmp_path)) == \
+        f"postgresql+psycopg://user:***@h:{port}/db"
+
+
+def test_notes_and_labels_are_bounded_single_lines():
+    assert check_text("service visit: x motor replaced", "--note", 2000) == "service visit: x motor replaced"
+    with pytest.raises(HistoryError, match="--note: 2001 characters, at most 2000"):
+        check_text("x" * 2001, "--note", 2000)
+    with pytest.raises(HistoryError, match="--label 'a\\\\nb': must be one line"):
+        check_text("a\nb", "--label", 200)
+    with pytest.raises(HistoryError, match="--note: must not be empty"):
+        check_text("  ", "--note", 2000)
+
+
+def test_metrics_come_from_the_checks_and_pairs():
+    names = [m.name for m in metrics_of(document())]
+    assert names == ["x.backlash_nm", "drift_nm_per_min", "pairs.target_actual.rms_nm"]
