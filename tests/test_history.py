@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import results_document as document
 from sqlalchemy import MetaData, Table, create_engine, inspect, update
 
 from stage_acceptance.history import (VERSION_TABLE, Base, History, HistoryError, check_text, describe_url,
@@ -48,26 +49,6 @@ def url(request, tmp_path):
     _drop_all(address)
     yield address
     _drop_all(address)
-
-
-def document(microscope="sim", holder="default", verdict="accepted", case="a", measured="2026-01-10T08:00:00+00:00",
-             analysed=None, backlash_nm=2.0, **extra):
-    """A results-v1 document of the shape stage-acceptance writes (two checks and a pair)."""
-    return {
-        "schema": "stage-acceptance/results", "version": 1, "microscope": microscope, "holder": holder,
-        "holder_name": "Generic side-entry holder", "source": "live", "session": "/data/rec",
-        "verdict": verdict, "certification": {"case": case, "accepted": verdict == "accepted"},
-        "date_utc": analysed or measured, "date_measured_utc": measured, "stage_acceptance_version": "0.1.0",
-        "checks": {
-            "x.backlash_nm": {"label": "Backlash, x", "value": backlash_nm, "unit": "nm", "limit": 15.0,
-                              "passed": abs(backlash_nm) <= 15.0, "ci95": [backlash_nm - 1.5, backlash_nm + 1.5],
-                              "marginal": False},
-            "drift_nm_per_min": {"label": "Drift while standing still", "value": None, "unit": "nm/min",
-                                 "limit": 5.0, "passed": None, "ci95": None, "marginal": False},
-        },
-        "pairs": {"target_actual": {"rms_nm": 3.0, "rms_ci95": [2.0, 4.5], "agree": True, "consistent": True}},
-        **extra,
-    }
 
 
 def test_a_run_is_recorded_from_its_results_json(url):
