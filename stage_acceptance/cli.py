@@ -1,4 +1,5 @@
-"""The ``stage-acceptance`` command: ``serve`` a microscope over ZeroMQ, make CURVE ``keys``.
+"""The ``stage-acceptance`` command: ``serve`` a microscope over ZeroMQ, make CURVE ``keys``,
+list or plot the ``history`` of certifications, ``analyse`` many recordings.
 
 Every failure is one line on stderr and exit status 2; Ctrl-C stops serving cleanly
 (status 0) and leaves the stage where it is.
@@ -11,6 +12,7 @@ import signal
 import sys
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 
 from .config import ConfigError, load_holder, load_microscope
 
@@ -19,7 +21,8 @@ DEFAULT_BIND = "tcp://127.0.0.1:5555"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stage-acceptance",
-                                     description="Serve a microscope to the acceptance suites over ZeroMQ.")
+                                     description="Serve a microscope to the acceptance suites over ZeroMQ; list "
+                                                 "and plot the history of certifications; analyse many recordings.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a microscope (sim, pyjem) or a recording over ZeroMQ")
     source = serve.add_mutually_exclusive_group(required=True)
@@ -41,7 +44,49 @@ def _parser() -> argparse.ArgumentParser:
                             "ending, stops and errors")
     keys = commands.add_parser("keys", help="create CURVE server and client key pairs in DIR")
     keys.add_argument("directory", metavar="DIR")
+    history = commands.add_parser("history", help="list the recorded certifications, or write their trends page")
+    history.add_argument("--history", default=None, metavar="URL|PATH",
+                         help="the history database (default: reports/history.sqlite)")
+    history.add_argument("--microscope", default=None, metavar="NAME", help="only this instrument")
+    history.add_argument("--holder", default=None, metavar="NAME", help="only this holder")
+    history.add_argument("--html", default=None, metavar="PATH",
+                         help="write a self-contained page with one plot per metric over time")
     return parser
+
+
+def _name(value: str | None, option: str) -> str | None:
+    if value is not None and (not value or len(value) > 1000 or not value.isprintable()):
+        raise ConfigError(f"{option} {value[:60]!r}: must be a name of 1 to 1000 printable characters")
+    return value
+
+
+def _history(args) -> int:
+    from .history import History, HistoryError, describe_url, history_url
+    from .trends import history_page, runs_text
+
+    microscope, holder = _name(args.microscope, "--microscope"), _name(args.holder, "--holder")
+    try:
+        url = history_url(args.history, Path("reports"))
+    except HistoryError as exc:
+        raise ConfigError(str(exc)) from None
+    if url.get_backend_name() == "sqlite" and not Path(url.database).is_file():
+        raise ConfigError(f"history {url.database}: no such file (every run of the suites writes one: "
+                          f"pytest suites/; or give --history URL|PATH)")
+    with History(url) as store:
+        entries = store.runs(microscope, holder)
+    selection = " and ".join(part for part in (microscope and f"microscope {microscope}",
+                                               holder and f"holder {holder}") if part)
+    if args.html:
+        page = Path(args.html)
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(history_page(entries, where=describe_url(url), selection=selection), encoding="utf-8")
+        print(f"stage-acceptance: {len(entries)} run(s) of {describe_url(url)} plotted in {page}", flush=True)
+        return 0
+    if not entries:
+        print(f"stage-acceptance: no runs recorded in {describe_url(url)}" + (f" for {selection}" if selection else ""))
+        return 0
+    print(runs_text(entries), flush=True)
+    return 0
 
 
 def _serve(args) -> int:
@@ -115,11 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     from .remote.keys import KeysError
     from .backends.pyjem import PyJEMError
     from .remote.server import ServeError
+    from .history import HistoryError
     from .session import RecordingError
 
+    commands = {"serve": _serve, "keys": _keys, "history": _history}
     try:
-        return _serve(args) if args.command == "serve" else _keys(args)
-    except (ConfigError, RecordingError, ServeError, KeysError, RemoteError, PyJEMError, OSError) as exc:
+        return commands[args.command](args)
+    except (ConfigError, RecordingError, ServeError, KeysError, RemoteError, PyJEMError, HistoryError,
+            OSError) as exc:
         print(f"stage-acceptance {args.command}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:

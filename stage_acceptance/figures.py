@@ -142,6 +142,11 @@ def _png(fig: Figure, dpi: float = PLOT_DPI) -> bytes:
     return out.getvalue()
 
 
+def figure_png(fig: Figure, dpi: float = PLOT_DPI) -> bytes:
+    """PNG bytes of any matplotlib figure, stored as this module stores its own (8 bits per pixel)."""
+    return _png(fig, dpi)
+
+
 def png_base64(png: bytes) -> str:
     """Base64 text of PNG bytes (for pytest-html extras and inline images)."""
     return base64.b64encode(png).decode("ascii")

@@ -158,3 +158,43 @@ def test_notes_and_labels_are_bounded_single_lines():
 def test_metrics_come_from_the_checks_and_pairs():
     names = [m.name for m in metrics_of(document())]
     assert names == ["x.backlash_nm", "drift_nm_per_min", "pairs.target_actual.rms_nm"]
+
+
+def test_the_history_command_lists_runs_and_writes_the_trends_page(url, tmp_path, capsys):
+    from stage_acceptance.cli import main
+
+    where = url.render_as_string(hide_password=False)
+    with History(url) as history:
+        history.record(document(measured="2026-01-01T00:00:00+00:00", backlash_nm=1.0), report=str(tmp_path / "a.html"))
+        history.record(document(measured="2026-02-01T00:00:00+00:00", backlash_nm=1.5))
+        history.record(document(measured="2026-03-01T00:00:00+00:00", backlash_nm=31.0, verdict="not accepted",
+                                case="f"), note="service visit: x motor replaced", label="SN 7")
+        history.record(document(microscope="grandarm", measured="2026-02-10T00:00:00+00:00"))
+    assert main(["history", f"--history={where}", "--microscope", "sim"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["entry", "measured", "(UTC)", "instrument", "holder", "label", "verdict", "case",
+                                "note", "report"]
+    assert [line.split()[0] for line in lines[1:]] == ["1", "2", "3"]
+    assert "service visit: x motor replaced" in lines[3] and "SN 7" in lines[3] and "not accepted" in lines[3]
+    page = tmp_path / "trends" / "history.html"
+    assert main(["history", f"--history={where}", "--html", str(page)]) == 0
+    assert "4 run(s)" in capsys.readouterr().out
+    text = page.read_text()
+    assert text.count("<section>") == 2  # grandarm and sim, each with its own plots
+    sim = text[text.index("<h2>sim, holder default</h2>"):]
+    assert sim.index("Latest certificate: NOT ACCEPTED") < sim.index("Metrics over time")
+    # one plot per metric measured: x backlash and the target-actual pair (drift never measured)
+    assert sim.count("data:image/png;base64,") == 2
+    assert "service visit: x motor replaced" in sim
+    assert 'src="http' not in text and "<link" not in text and "<script" not in text  # self-contained
+    assert main(["history", f"--history={where}", "--microscope", "nothing"]) == 0
+    assert "no runs recorded" in capsys.readouterr().out
+
+
+def test_the_history_command_refuses_a_missing_file_in_one_line(tmp_path, capsys):
+    from stage_acceptance.cli import main
+
+    assert main(["history", f"--history={tmp_path / 'none.sqlite'}"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "none.sqlite: no such file" in error
+    assert not (tmp_path / "none.sqlite").exists()
