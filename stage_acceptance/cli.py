@@ -51,7 +51,44 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--holder", default=None, metavar="NAME", help="only this holder")
     history.add_argument("--html", default=None, metavar="PATH",
                          help="write a self-contained page with one plot per metric over time")
+    analyse = commands.add_parser("analyse", help="certify many recordings, each with its report and history entry")
+    analyse.add_argument("paths", nargs="+", metavar="DIR",
+                         help="a recording folder, or a folder searched for recordings (folders with session.json)")
+    analyse.add_argument("--reports", default="reports", metavar="DIR",
+                         help="where the reports and results JSONs go (default: reports)")
+    analyse.add_argument("--history", default=None, metavar="URL|PATH",
+                         help="the history database (default: history.sqlite in the reports folder)")
+    analyse.add_argument("--holder", default=None, metavar="NAME|PATH",
+                         help="judge every recording with this holder (default: each recording's, as --replay does)")
+    analyse.add_argument("--note", default=None, metavar="TEXT", help="a note recorded with every run")
+    analyse.add_argument("--workers", default=None, type=int, metavar="N",
+                         help="recordings certified at once on this machine (default: every core)")
+    analyse.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                         help="certify on the workers of this Dask scheduler instead of this machine")
     return parser
+
+
+def _analyse(args) -> int:
+    from .acceptance import utc_stamp
+    from .fleet import analyse_recordings, summary
+    from .history import HistoryError, describe_url, history_url
+
+    where = "on " + args.scheduler if args.scheduler else "on this machine"
+    print(f"stage-acceptance analyse: certifying the recordings in {', '.join(args.paths)} {where}", flush=True)
+
+    def progress(done: int, total: int, outcome) -> None:
+        print(f"[{done}/{total}] {outcome.line()}", flush=True)
+
+    outcomes = analyse_recordings(args.paths, reports_dir=args.reports, history=args.history, holder=args.holder,
+                                  note=args.note, workers=args.workers, scheduler=args.scheduler, stamp=utc_stamp(),
+                                  progress=progress)
+    try:
+        database = describe_url(history_url(args.history, Path(args.reports)))
+    except HistoryError as exc:
+        raise ConfigError(str(exc)) from None
+    line, status = summary(outcomes, database)
+    print(f"stage-acceptance analyse: {line}", flush=True)
+    return status
 
 
 def _name(value: str | None, option: str) -> str | None:
@@ -163,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     from .history import HistoryError
     from .session import RecordingError
 
-    commands = {"serve": _serve, "keys": _keys, "history": _history}
+    commands = {"serve": _serve, "keys": _keys, "history": _history, "analyse": _analyse}
     try:
         return commands[args.command](args)
     except (ConfigError, RecordingError, ServeError, KeysError, RemoteError, PyJEMError, HistoryError,

@@ -20,6 +20,7 @@ stage-acceptance) is refused, never changed.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,6 +35,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 DEFAULT_FILE = "history.sqlite"
 """The default history: this file in the reports folder."""
+
+HISTORY_ENV = "STAGE_ACCEPTANCE_HISTORY"
+"""Environment variable naming the history (a URL or a file) when ``--history`` is not
+given: a facility sets it once per machine, and ``analyse`` passes it to its runs so
+that a password never shows in a process list."""
 
 VERSION_TABLE = "acceptance_schema_version"
 """Alembic's version table: the schema revision a database is at."""
@@ -70,7 +76,8 @@ def history_url(value: str | None, reports_dir: Path) -> URL:
     ----------
     value : str or None
         A database URL (``sqlite:///PATH``, ``postgresql://USER:PASSWORD@HOST:PORT/DB``),
-        a file path (an SQLite file), or None for ``<reports_dir>/history.sqlite``.
+        a file path (an SQLite file), or None: the environment variable
+        :data:`HISTORY_ENV` if set, else ``<reports_dir>/history.sqlite``.
     reports_dir : Path
         The reports folder of the run.
 
@@ -84,6 +91,8 @@ def history_url(value: str | None, reports_dir: Path) -> URL:
     HistoryError
         For a malformed URL or a database kind other than SQLite and PostgreSQL.
     """
+    if value is None:
+        value = os.environ.get(HISTORY_ENV) or None
     if value is None:
         return URL.create("sqlite", database=str(Path(reports_dir).resolve() / DEFAULT_FILE))
     text = str(value)

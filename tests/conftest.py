@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import alembic.command  # noqa: F401  loaded once, before pytester restores sys.modules after a test
 import pytest
 from hypothesis import settings
 
@@ -79,3 +80,11 @@ def results_document(microscope="sim", holder="default", verdict="accepted", cas
         "pairs": {"target_actual": {"rms_nm": 3.0, "rms_ci95": [2.0, 4.5], "agree": True, "consistent": True}},
         **extra,
     }
+
+
+@pytest.fixture(autouse=True)
+def _no_history_from_the_environment(monkeypatch):
+    """A developer's STAGE_ACCEPTANCE_HISTORY never receives the framework's own test runs."""
+    from stage_acceptance.history import HISTORY_ENV
+
+    monkeypatch.delenv(HISTORY_ENV, raising=False)

@@ -75,7 +75,12 @@ def test_baseline_last_is_the_last_accepted_run_measured_before_this_one(tmp_pat
     run.close()
 
 
-def test_a_bad_history_option_is_a_config_error(tmp_path):
+def test_a_bad_history_or_baseline_option_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="--baseline .*none.json: no such file or folder"):
+        AcceptanceRun("sim", None, None, reports_dir=tmp_path, baseline=str(tmp_path / "none.json"))
+    (tmp_path / "bad.json").write_text('{"schema": "stage-acceptance/results"}')
+    with pytest.raises(ConfigError, match="bad.json: missing required key 'version'"):
+        AcceptanceRun("sim", None, None, reports_dir=tmp_path, baseline=str(tmp_path / "bad.json"))
     with pytest.raises(ConfigError, match="--note: must be one line|--note 'a\\\\nb': must be one line"):
         AcceptanceRun("sim", None, None, reports_dir=tmp_path, note="a\nb")
     with pytest.raises(ConfigError, match="database kind 'oracle' is not supported"):
