@@ -481,8 +481,11 @@ class AcceptanceRun:
         """The Figure 3 hysteresis of the baseline and this run in one plot (PNG), if both have one."""
         if self.comparison is None:
             return None
-        return figure_hysteresis_since(self.baseline_document.get("hysteresis") or {},
-                                       self._document({}).get("hysteresis") or {})
+        before = self.baseline_document.get("hysteresis") or {}
+        after = self._document({}).get("hysteresis") or {}
+        if not any(before.values()) or not any(after.values()):
+            return None
+        return figure_hysteresis_since(before, after)
 
     def evaluate_partial(self) -> Analysis | None:
         """Analyse what an interrupted run recorded, for the partial report.

@@ -559,7 +559,8 @@ def baseline_html(comparison: Comparison, figure: bytes | None, *, after_label: 
         rows.append(f"<tr class='{css}'><td>{e(change.label)}</td><td class=num>{shown(change.before, change.before_ci95)}"
                     f"</td><td class=num>{shown(change.after, change.after_ci95)}</td><td class=num>{delta}</td>"
                     f"<td class=num>{tolerance}</td><td>{e(state)}</td></tr>")
-    image = ""
+    image = ("<p class=muted>No hysteresis plot of both runs: one of them has no hysteresis line (a results JSON "
+             "written before stage-acceptance kept its points has none).</p>")
     if figure is not None:
         image = (f'<figure><img alt="Hysteresis of both runs" style="max-width:100%" '
                  f'src="data:image/png;base64,{png_base64(figure)}"><figcaption>Figure 3 hysteresis of the baseline '

@@ -152,8 +152,10 @@ def _latest_html(entry: HistoryEntry) -> str:
     rows += (f"<tr><th>Report</th><td>{_path_link(entry.report_path)}</td></tr>"
              f"<tr><th>Results JSON</th><td>{_path_link(entry.results_path)}</td></tr>"
              f"<tr><th>Recording</th><td><code>{e(entry.recording_path or 'none')}</code></td></tr>")
+    since = (results.get("baseline") or {}).get("headline")
+    since = f"<p><b>Since its baseline:</b> {e(str(since))}.</p>" if since else ""
     return (f'<div class="latest" style="border:3px solid {colour}"><h3 style="color:{colour};margin-top:0">'
-            f'Latest certificate: {e(headline)}</h3><p><b>{e(case)}.</b></p><ul>{reasons}</ul>'
+            f'Latest certificate: {e(headline)}</h3><p><b>{e(case)}.</b></p><ul>{reasons}</ul>{since}'
             f'<table>{rows}</table></div>')
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import alembic.command  # noqa: F401  loaded once, before pytester restores sys.modules after a test
+import importlib
 import pytest
 from hypothesis import settings
 
@@ -25,6 +25,10 @@ SERIALEM_DATA = Path(os.environ.get(
 """Real SerialEM frames (NIST Titan) from the project's shared/ folder beside the checkout."""
 
 pytest_plugins = ["pytester"]
+
+# Loaded once here: pytester restores sys.modules after each of its tests, and importing
+# SQLAlchemy's PostgreSQL dialect (through Alembic) a second time warns.
+importlib.import_module("alembic.command")
 
 # CI explores the same examples on every run (reproducible); developers' runs explore anew.
 settings.register_profile("ci", derandomize=True, print_blob=True)

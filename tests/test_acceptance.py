@@ -73,6 +73,13 @@ def test_baseline_last_is_the_last_accepted_run_measured_before_this_one(tmp_pat
     assert run.baseline_document["checks"]["x.backlash_nm"]["value"] == 2.0
     assert run.baseline_source.endswith("entry 2, measured 2026-02-01 00:00:00 UTC, note: last")
     run.close()
+    other = AcceptanceRun("sim", "jeol-double-tilt", str(tmp_path / "rec"), reports_dir=tmp_path, baseline="last",
+                          history=str(tmp_path / "empty.sqlite"))
+    with pytest.raises(ConfigError, match=f"--baseline last: the history {tmp_path / 'empty.sqlite'} holds no "
+                                          f"accepted run of 'case-a' with holder 'jeol-double-tilt' measured before "
+                                          f"this one; give --baseline PATH"):
+        other.open_history()  # the plugin calls it before any test runs: a usage error, nothing moves
+    other.close()
 
 
 def test_a_bad_history_or_baseline_option_is_a_config_error(tmp_path):

@@ -147,3 +147,17 @@ def test_the_holder_regression_table_is_typed_and_bounded(tmp_path):
     start, end = text.index("[regression]"), text.index("[acceptance]")
     holder.write_text(text[:start] + text[end:])
     assert load_holder(holder).regression == {}  # optional
+
+
+def test_the_since_the_baseline_block_marks_each_change():
+    from stage_acceptance.report import baseline_html
+
+    comparison = compare_results(_results(0.5, [-1.0, 2.0]), _results(30.0, [28.0, 32.0], "not accepted", "f", 9.0),
+                                 load_holder("default").regression, source="before.json")
+    block = baseline_html(comparison, None)
+    assert block.index("<h2") < block.index("Since the baseline") < block.index("<table>")
+    assert "<tr class='regressed'><td>Backlash, x</td>" in block
+    assert "<tr class='worse'><td>RMS per step, target-actual</td>" in block
+    assert "WORSE, beyond the regression tolerance" in block and "Baseline: before.json" in block
+    assert "No hysteresis plot of both runs" in block and "data:image/png" not in block
+    assert "Drift" not in block  # measured in neither run

@@ -297,13 +297,3 @@ def test_a_service_visit_is_recorded_and_compared_with_the_last_accepted_run(sui
     text = Path(runs[1].report_path).read_text()
     assert text.index("Since the baseline") < text.index('id="stage-acceptance-certificate"')
     assert "Hysteresis of both runs" in text
-
-
-def test_baseline_last_without_an_accepted_run_is_a_usage_error_before_anything_moves(suites, tmp_path):
-    result = run_suites(suites, f"--microscope={CONFIGS / 'case-a.toml'}", "--baseline=last",
-                        f"--history={tmp_path / 'empty.sqlite'}")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"ERROR: --baseline last: the history {tmp_path / 'empty.sqlite'} holds no accepted "
-                                 f"run of 'case-a' with holder 'default' measured before this one*"])
-    assert len(result.stderr.lines) <= 2 and "Traceback" not in result.stderr.str()
-    assert not (suites.path / "reports").exists()
