@@ -19,10 +19,13 @@ from .analysis import Analysis, analyse
 from .certification import Certificate, Check, Verdict, certify, metric_checks, verdict
 from .config import (MICROSCOPE_SCHEMA, ConfigError, HolderConfig, MicroscopeConfig, ProtocolConfig,
                      is_shipped_holder, load_holder, load_microscope, schema_problem)
-from .figures import all_figures
+from .baseline import Comparison, compare_results
+from .figures import all_figures, figure_hysteresis_since, hysteresis_curve
+from .history import (MAX_LABEL_CHARS, MAX_NOTE_CHARS, History, HistoryError, check_text, describe_url, history_url,
+                      utc_naive)
 from .microscope import Envelope, Microscope, MoveRefused
 from .protocols import PROTOCOL_NAMES, Protocol, build
-from .report import results_json, write_json
+from .report import read_results, results_json, write_json
 from .session import RecordingError, RecordingWriter, Session, plan_visits, read_recording, run_protocols
 
 
@@ -176,6 +179,16 @@ class AcceptanceRun:
         Folder of the default outputs.
     html, results, record : str or None
         Paths given on the command line (see :func:`default_outputs`).
+    history : str or None
+        ``--history``: the database URL or SQLite file the run is recorded in
+        (default ``<reports_dir>/history.sqlite``); checked here, opened (created on
+        first use) by :meth:`open_history`.
+    note, label : str or None
+        ``--note`` and ``--label`` recorded with the run in the history.
+    baseline : str or None
+        ``--baseline``: a results JSON, a recording folder (analysed with this run's
+        holder), or ``last``: the last accepted run of the same instrument and holder in
+        the history, measured before this one.
 
     Raises
     ------
@@ -185,10 +198,27 @@ class AcceptanceRun:
 
     def __init__(self, microscope: str, holder: str | None, replay: str | None, *, reports_dir: Path,
                  html: str | None = None, results: str | None = None, record: str | None = None,
-                 jobs: int | None = None):
+                 jobs: int | None = None, history: str | None = None, note: str | None = None,
+                 label: str | None = None, baseline: str | None = None):
         if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 256):
             raise ConfigError(f"--jobs {jobs!r}: must be an integer from 1 to 256 (threads registering at once)")
         self.jobs = jobs
+        try:
+            self.note = check_text(note, "--note", MAX_NOTE_CHARS)
+            self.label = check_text(label, "--label", MAX_LABEL_CHARS)
+            self.history_url = history_url(history, reports_dir)
+        except HistoryError as exc:
+            raise ConfigError(str(exc)) from None
+        self.history: History | None = None
+        self.history_id: int | None = None
+        self.document: dict | None = None
+        """The results JSON as written (:meth:`write_results`)."""
+        self.baseline = baseline
+        self.baseline_document: dict | None = None
+        self.baseline_source: str | None = None
+        self._baseline_recording: Path | None = None
+        self.comparison: Comparison | None = None
+        """This run against ``--baseline`` (after :meth:`evaluate`)."""
         self.replay = replay
         self.microscope_config: MicroscopeConfig | None = None
         self._session: Session | None = None
@@ -233,7 +263,22 @@ class AcceptanceRun:
                                        results=results, record=record, replay=bool(replay))
         if self.outputs.recording is not None and (self.outputs.recording / "frames.jsonl").exists():
             raise ConfigError(f"{self.outputs.recording}: already holds a recording; choose another --record folder")
+        if baseline is not None and baseline != "last":
+            self._load_baseline_path(baseline)
 
+    def _load_baseline_path(self, baseline: str) -> None:
+        """Check ``--baseline PATH`` now: a results JSON is read, a recording checked (analysed later)."""
+        path = Path(baseline)
+        if path.is_dir():
+            read_recording(path)  # its frames and images are checked now; it is analysed with this run
+            self._baseline_recording = path
+            self.baseline_source = f"the recording {path}, analysed again with holder '{self.holder.key}'"
+        elif path.is_file():
+            self.baseline_document = read_results(path)
+            self.baseline_source = f"the results JSON {path}"
+        else:
+            raise ConfigError(f"--baseline {baseline}: no such file or folder (give a results JSON, a recording "
+                              f"folder, or 'last')")
     @staticmethod
     def _load_holder(holder: str | None, config: MicroscopeConfig) -> HolderConfig:
         if holder is not None:
@@ -312,11 +357,50 @@ class AcceptanceRun:
             raise
         self._microscope, self._origin, self._protocols = microscope, origin, protocols
 
+    def open_history(self) -> History:
+        """Open the history database (creating or upgrading it on first use), once.
+
+        The pytest plugin calls it before any test runs, after the plan is checked, so an
+        unreachable database stops the run before anything moves and a refused plan
+        leaves no database file behind.
+
+        Raises
+        ------
+        ConfigError
+            When the database cannot be reached or is not a history this version can use.
+        """
+        if self.history is None:
+            try:
+                self.history = History(self.history_url)
+            except HistoryError as exc:
+                raise ConfigError(str(exc)) from None
+            if self.baseline == "last":
+                self._baseline_from_history()
+        return self.history
+
+    def _baseline_from_history(self) -> None:
+        """``--baseline last``: the last accepted run of this instrument and holder, measured before this one."""
+        measured = utc_naive(self.measured_utc) or utc_naive(self.started.isoformat())
+        try:
+            entry = self.history.last_accepted(self.microscope_name, self.holder.key, before=measured)
+        except HistoryError as exc:
+            raise ConfigError(str(exc)) from None
+        if entry is None:
+            raise ConfigError(f"--baseline last: the history {self.history_where} holds no accepted run of "
+                              f"'{self.microscope_name}' with holder '{self.holder.key}' measured before this one; "
+                              f"give --baseline PATH (a results JSON or a recording)")
+        self.baseline_document = entry.results
+        self.baseline_source = (f"the last accepted run in the history {self.history_where}: entry {entry.id}, "
+                                f"measured {entry.when_utc:%Y-%m-%d %H:%M:%S} UTC"
+                                + (f", note: {entry.note}" if entry.note else ""))
+
     def close(self) -> None:
-        """Release a microscope that was prepared but never run (leaving the stage)."""
+        """Release a microscope that was prepared but never run (leaving the stage), and the history."""
         if self._microscope is not None:
             self._microscope.close()
             self._microscope = None
+        if self.history is not None:
+            self.history.close()
 
     def session(self, protocol_names=PROTOCOL_NAMES,
                 progress: Callable[[str, int, int], None] | None = None) -> Session:
@@ -381,10 +465,36 @@ class AcceptanceRun:
                            f"the recording is intact up to its last frame")
         self._partial = partial
 
-    def _judge(self, selected: bool) -> None:
+    def _judge(self, selected: bool, progress: Callable[[str], None] | None = None) -> None:
         self.certificate = certify(self.analysis, self.holder, selected=selected)
         self.checks = metric_checks(self.analysis, self.holder)
         self.verdict = verdict(self.certificate, self.checks, self.holder, incomplete=self.incomplete)
+        if self.baseline is not None:
+            self._compare(progress)
+
+    def _compare(self, progress: Callable[[str], None] | None = None) -> None:
+        """Compare this run with its baseline (analysing a baseline recording first)."""
+        if self.baseline_document is None and self._baseline_recording is not None:
+            if progress is not None:
+                progress(f"analysing the baseline recording {self._baseline_recording}")
+            before = AcceptanceRun("sim", str(self.holder.path), str(self._baseline_recording),
+                                   reports_dir=self.reports_dir, jobs=self.jobs)
+            before.evaluate()
+            self.baseline_document = before.results({})
+        if self.baseline_document is None and self.baseline == "last":
+            self.open_history()
+        self.comparison = compare_results(self.baseline_document, self._document({}), self.holder.regression,
+                                          source=self.baseline_source)
+
+    def baseline_figure(self) -> bytes | None:
+        """The Figure 3 hysteresis of the baseline and this run in one plot (PNG), if both have one."""
+        if self.comparison is None:
+            return None
+        before = self.baseline_document.get("hysteresis") or {}
+        after = self._document({}).get("hysteresis") or {}
+        if not any(before.values()) or not any(after.values()):
+            return None
+        return figure_hysteresis_since(before, after)
 
     def evaluate_partial(self) -> Analysis | None:
         """Analyse what an interrupted run recorded, for the partial report.
@@ -427,7 +537,7 @@ class AcceptanceRun:
                 self.incomplete = (f"interrupted (Ctrl-C) during the analysis of {len(session.frames)} frames; "
                                    f"nothing is certified (the recording is kept: analyse it again with --replay)")
                 raise
-            self._judge(selected)
+            self._judge(selected, progress)
         return self.analysis
 
     @property
@@ -455,7 +565,14 @@ class AcceptanceRun:
         return float(session.frames[-1].time_s)
 
     def results(self, tests: dict[str, int]) -> dict:
-        """The results-v1 document (requires :meth:`evaluate` to have run)."""
+        """The results-v1 document (requires :meth:`evaluate` to have run), with the
+        ``baseline`` section when compared with one."""
+        document = self._document(tests)
+        if self.comparison is not None:
+            document["baseline"] = self.comparison.to_json()
+        return document
+
+    def _document(self, tests: dict[str, int]) -> dict:
         if self.analysis is None:
             raise RuntimeError("evaluate() first")
         return results_json(
@@ -468,8 +585,36 @@ class AcceptanceRun:
                    "holder_source": self.holder.source,
                    "date_utc": self.started.isoformat(timespec="seconds"),
                    "date_measured_utc": self.measured_utc,
-                   "instrument_time_s": self.instrument_time_s(), "stage_acceptance_version": __version__},
+                   "instrument_time_s": self.instrument_time_s(), "stage_acceptance_version": __version__,
+                   "hysteresis": {axis: curve for axis in ("x", "y")
+                                  if (curve := hysteresis_curve(self.analysis, axis)) is not None}},
         )
 
     def write_results(self, tests: dict[str, int]) -> Path:
-        return write_json(self.results(tests), self.outputs.results_json)
+        """Write the results JSON (kept as :attr:`document`); return its path."""
+        self.document = self.results(tests)
+        return write_json(self.document, self.outputs.results_json)
+
+    def record_history(self, report: Path | None) -> int:
+        """Record the run, from its results JSON as written, in the history; return the entry's id.
+
+        Raises
+        ------
+        HistoryError
+            When the database cannot be written (one line).
+        """
+        if self.document is None:
+            raise RuntimeError("write_results() first")
+        if self.history is None:
+            try:
+                self.open_history()
+            except ConfigError as exc:
+                raise HistoryError(str(exc)) from None
+        self.history_id = self.history.record(self.document, report=report, results=self.outputs.results_json,
+                                              note=self.note, label=self.label)
+        return self.history_id
+
+    @property
+    def history_where(self) -> str:
+        """The history database for people (no password)."""
+        return describe_url(self.history_url)

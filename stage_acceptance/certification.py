@@ -279,6 +279,16 @@ TOLERANCE_OF = {
 """The holder tolerance and unit of each metric (by its name, or the last part of it)."""
 
 
+CHECK_NAMES = tuple(
+    [f"{axis}.{metric}" for axis in AXIS_NAMES for metric in
+     ("backlash_nm", "scale_error", "step_scatter_nm", "reported_backlash_nm", "reported_scale_error",
+      "repeatability_nm")]
+    + ["coupling.x_to_y", "coupling.y_to_x", "coupling.skew_deg", "drift_nm_per_min"]
+    + [f"tilt.{tilt}.{metric}" for tilt in TILT_NAMES for metric in ("shift_nm_per_deg", "backlash_deg")]
+)
+"""The name of every check (:func:`metric_checks`), in report order."""
+
+
 def check_of(name: str, measurement: Measurement, holder: HolderConfig) -> Check:
     """One metric against the holder tolerance."""
     tol_key, unit = TOLERANCE_OF.get(name) or TOLERANCE_OF[name.rsplit(".", 1)[1]]
@@ -300,12 +310,7 @@ def metric_checks(analysis: Analysis, holder: HolderConfig) -> dict[str, Check]:
     ``tilt.alpha.backlash_deg`` (and beta). The tilt tolerances are optional in a
     holder file: without them the check has no limit and is not judged.
     """
-    names = [f"{axis}.{metric}" for axis in AXIS_NAMES for metric in
-             ("backlash_nm", "scale_error", "step_scatter_nm", "reported_backlash_nm", "reported_scale_error",
-              "repeatability_nm")]
-    names += ["coupling.x_to_y", "coupling.y_to_x", "coupling.skew_deg", "drift_nm_per_min"]
-    names += [f"tilt.{tilt}.{metric}" for tilt in TILT_NAMES for metric in ("shift_nm_per_deg", "backlash_deg")]
-    return {name: check_of(name, analysis.metrics[name], holder) for name in names}
+    return {name: check_of(name, analysis.metrics[name], holder) for name in CHECK_NAMES}
 
 
 NOT_CERTIFIED_TITLE = "Not certified"

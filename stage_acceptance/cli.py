@@ -1,5 +1,6 @@
 """The ``stage-acceptance`` command: ``serve`` a microscope over ZeroMQ, make CURVE ``keys``,
-``import serialem`` sessions as recordings.
+``import serialem`` sessions as recordings, list or plot the ``history`` of certifications, ``analyse``
+many recordings.
 
 Every failure is one line on stderr and exit status 2; Ctrl-C stops serving cleanly
 (status 0) and leaves the stage where it is, and stops an import without leaving
@@ -13,6 +14,7 @@ import signal
 import sys
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 
 from .config import ConfigError, load_holder, load_microscope
 
@@ -21,7 +23,8 @@ DEFAULT_BIND = "tcp://127.0.0.1:5555"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stage-acceptance",
-                                     description="Serve a microscope to the acceptance suites over ZeroMQ.")
+                                     description="Serve a microscope to the acceptance suites over ZeroMQ; list "
+                                                 "and plot the history of certifications; analyse many recordings.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a microscope (sim, pyjem, serialem) or a recording over ZeroMQ")
     source = serve.add_mutually_exclusive_group(required=True)
@@ -57,7 +60,86 @@ def _parser() -> argparse.ArgumentParser:
                           help="calibration of SerialEM's image-shift units: the stage move in nm (x, y) that moves "
                                "the image as one unit of image shift x (XX, YX) and y (XY, YY) does; without it the "
                                "image shift is kept in its units and pairs across a change of it are not measured")
+    history = commands.add_parser("history", help="list the recorded certifications, or write their trends page")
+    history.add_argument("--history", default=None, metavar="URL|PATH",
+                         help="the history database (default: reports/history.sqlite)")
+    history.add_argument("--microscope", default=None, metavar="NAME", help="only this instrument")
+    history.add_argument("--holder", default=None, metavar="NAME", help="only this holder")
+    history.add_argument("--html", default=None, metavar="PATH",
+                         help="write a self-contained page with one plot per metric over time")
+    analyse = commands.add_parser("analyse", help="certify many recordings, each with its report and history entry")
+    analyse.add_argument("paths", nargs="+", metavar="DIR",
+                         help="a recording folder, or a folder searched for recordings (folders with session.json)")
+    analyse.add_argument("--reports", default="reports", metavar="DIR",
+                         help="where the reports and results JSONs go (default: reports)")
+    analyse.add_argument("--history", default=None, metavar="URL|PATH",
+                         help="the history database (default: history.sqlite in the reports folder)")
+    analyse.add_argument("--holder", default=None, metavar="NAME|PATH",
+                         help="judge every recording with this holder (default: each recording's, as --replay does)")
+    analyse.add_argument("--note", default=None, metavar="TEXT", help="a note recorded with every run")
+    analyse.add_argument("--workers", default=None, type=int, metavar="N",
+                         help="recordings certified at once on this machine (default: every core)")
+    analyse.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                         help="certify on the workers of this Dask scheduler instead of this machine")
     return parser
+
+
+def _analyse(args) -> int:
+    from .acceptance import utc_stamp
+    from .fleet import analyse_recordings, summary
+    from .history import HistoryError, describe_url, history_url
+
+    where = "on " + args.scheduler if args.scheduler else "on this machine"
+    print(f"stage-acceptance analyse: certifying the recordings in {', '.join(args.paths)} {where}", flush=True)
+
+    def progress(done: int, total: int, outcome) -> None:
+        print(f"[{done}/{total}] {outcome.line()}", flush=True)
+
+    outcomes = analyse_recordings(args.paths, reports_dir=args.reports, history=args.history, holder=args.holder,
+                                  note=args.note, workers=args.workers, scheduler=args.scheduler, stamp=utc_stamp(),
+                                  progress=progress)
+    try:
+        database = describe_url(history_url(args.history, Path(args.reports)))
+    except HistoryError as exc:
+        raise ConfigError(str(exc)) from None
+    line, status = summary(outcomes, database)
+    print(f"stage-acceptance analyse: {line}", flush=True)
+    return status
+
+
+def _name(value: str | None, option: str) -> str | None:
+    if value is not None and (not value or len(value) > 1000 or not value.isprintable()):
+        raise ConfigError(f"{option} {value[:60]!r}: must be a name of 1 to 1000 printable characters")
+    return value
+
+
+def _history(args) -> int:
+    from .history import History, HistoryError, describe_url, history_url
+    from .trends import history_page, runs_text
+
+    microscope, holder = _name(args.microscope, "--microscope"), _name(args.holder, "--holder")
+    try:
+        url = history_url(args.history, Path("reports"))
+    except HistoryError as exc:
+        raise ConfigError(str(exc)) from None
+    if url.get_backend_name() == "sqlite" and not Path(url.database).is_file():
+        raise ConfigError(f"history {url.database}: no such file (every run of the suites writes one: "
+                          f"pytest suites/; or give --history URL|PATH)")
+    with History(url) as store:
+        entries = store.runs(microscope, holder)
+    selection = " and ".join(part for part in (microscope and f"microscope {microscope}",
+                                               holder and f"holder {holder}") if part)
+    if args.html:
+        page = Path(args.html)
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(history_page(entries, where=describe_url(url), selection=selection), encoding="utf-8")
+        print(f"stage-acceptance: {len(entries)} run(s) of {describe_url(url)} plotted in {page}", flush=True)
+        return 0
+    if not entries:
+        print(f"stage-acceptance: no runs recorded in {describe_url(url)}" + (f" for {selection}" if selection else ""))
+        return 0
+    print(runs_text(entries), flush=True)
+    return 0
 
 
 def _serve(args) -> int:
@@ -154,14 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     from .remote.keys import KeysError
     from .microscope import BackendError
     from .remote.server import ServeError
+    from .history import HistoryError
     from .session import RecordingError
 
-    errors = (ConfigError, RecordingError, ServeError, KeysError, RemoteError, BackendError, OSError)
+    errors = (ConfigError, RecordingError, ServeError, KeysError, RemoteError, BackendError, HistoryError,
+              OSError)
     if args.command == "import":  # its readers (mrcfile, mdocfile) load only when needed
         from .importers.serialem import SerialEMImportError
 
         errors += (SerialEMImportError,)
-    commands = {"serve": _serve, "keys": _keys, "import": _import}
+    commands = {"serve": _serve, "keys": _keys, "import": _import, "history": _history, "analyse": _analyse}
     try:
         return commands[args.command](args)
     except errors as exc:

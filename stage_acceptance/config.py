@@ -193,6 +193,24 @@ OPTIONAL_TOLERANCE_KEYS = (
 
 LIMIT_KEYS = ("x_nm", "y_nm", "z_nm", "alpha_deg", "beta_deg")
 
+REGRESSION_KEYS = (
+    "backlash_nm",
+    "scale_error",
+    "step_scatter_nm",
+    "reported_backlash_nm",
+    "reported_scale_error",
+    "repeatability_nm",
+    "coupling",
+    "skew_deg",
+    "drift_nm_per_min",
+    "tilt_shift_nm_per_deg",
+    "tilt_backlash_deg",
+    "pair_rms_nm",
+)
+"""Keys of a holder's optional ``[regression]`` table: the largest change for the worse
+accepted against a baseline, per metric family (both axes alike; ``coupling`` for both
+slopes, ``pair_rms_nm`` for the RMS per step of the three position pairs)."""
+
 
 @dataclass(frozen=True)
 class HolderConfig:
@@ -208,6 +226,9 @@ class HolderConfig:
     source: str = ""
     """Who chose it, for the report: ``--holder``, the microscope config, a recording's
     shipped holder name, the server, or the default."""
+    regression: dict[str, float] = field(default_factory=dict)
+    """``[regression]``: the largest change for the worse accepted against a baseline,
+    by :data:`REGRESSION_KEYS` (empty when the file has no such table)."""
 
 
 # --------------------------------------------------------------------------- bounds
@@ -412,6 +433,20 @@ _tolerance_schemas = {
     "tilt_shift_nm_per_deg": _distance,
     "tilt_backlash_deg": _number(0, 90),
 }
+_regression_schemas = {
+    "backlash_nm": _distance,
+    "scale_error": _number(0, 1),
+    "step_scatter_nm": _distance,
+    "reported_backlash_nm": _distance,
+    "reported_scale_error": _number(0, 1),
+    "repeatability_nm": _distance,
+    "coupling": _number(0, 1),
+    "skew_deg": _number(0, 90),
+    "drift_nm_per_min": _number(0, MAX_SPEED_NM_PER_MIN),
+    "tilt_shift_nm_per_deg": _distance,
+    "tilt_backlash_deg": _number(0, 90),
+    "pair_rms_nm": _distance,
+}
 _limit_schemas = {
     "x_nm": _pair(_signed_distance),
     "y_nm": _pair(_signed_distance),
@@ -437,6 +472,11 @@ HOLDER_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "required": list(LIMIT_KEYS),
             "properties": {key: _limit_schemas[key] for key in LIMIT_KEYS},
+        },
+        "regression": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {key: _regression_schemas[key] for key in REGRESSION_KEYS},
         },
         "acceptance": {
             "type": "object",
@@ -963,4 +1003,5 @@ def load_holder(name_or_path: str | Path) -> HolderConfig:
         accepted_cases=tuple(data["acceptance"]["accepted_cases"]),
         path=path,
         key=path.stem,
+        regression={k: float(v) for k, v in data.get("regression", {}).items()},
     )

@@ -142,6 +142,11 @@ def _png(fig: Figure, dpi: float = PLOT_DPI) -> bytes:
     return out.getvalue()
 
 
+def figure_png(fig: Figure, dpi: float = PLOT_DPI) -> bytes:
+    """PNG bytes of any matplotlib figure, stored as this module stores its own (8 bits per pixel)."""
+    return _png(fig, dpi)
+
+
 def png_base64(png: bytes) -> str:
     """Base64 text of PNG bytes (for pytest-html extras and inline images)."""
     return base64.b64encode(png).decode("ascii")
@@ -216,17 +221,50 @@ def _axis_label(axis: str, known: bool) -> str:
 # --------------------------------------------------------------------------- hysteresis
 
 
-def _draw_hysteresis(analysis: Analysis, axis: str) -> Figure | None:
+def hysteresis_curve(analysis: Analysis, axis: str) -> dict | None:
+    """The points of the Figure 3 hysteresis along `axis`, as plain lists (for the
+    results JSON and for comparing two runs).
+
+    Returns
+    -------
+    dict or None
+        ``target_nm`` (the target position along the axis), ``reported_error_nm`` and
+        ``actual_error_nm`` (reported and actual minus target, nm; actual positions
+        chained from the first frame, None where a step could not be registered), and
+        ``reversal`` (the frame was reached by the first step after a reversal), one
+        entry per frame of the ``hysteresis-<axis>`` protocol; None without it.
+    """
     frames = _frames_of(analysis, f"hysteresis-{axis}")
     if len(frames) == 0:
         return None
     k = AXIS_NAMES.index(axis)
-    known = _transform_known(analysis)
     session = analysis.session
     target = session.targets_nm()[frames, k]
     reported = session.reported_nm()[frames, k] - target
     actual = chained_actual_nm(analysis, frames)[:, k] + target[0] - target
     reversal = _reversal_mask(analysis, frames, analysis.steps.kind)
+
+    def listed(values):
+        return [float(v) if np.isfinite(v) else None for v in values]
+
+    return {"target_nm": listed(target), "reported_error_nm": listed(reported), "actual_error_nm": listed(actual),
+            "reversal": [bool(r) for r in reversal]}
+
+
+def _curve_arrays(curve: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def floats(key):
+        return np.array([np.nan if v is None else v for v in curve[key]], dtype=float)
+
+    return floats("target_nm"), floats("reported_error_nm"), floats("actual_error_nm"), \
+        np.asarray(curve["reversal"], dtype=bool)
+
+
+def _draw_hysteresis(analysis: Analysis, axis: str) -> Figure | None:
+    curve = hysteresis_curve(analysis, axis)
+    if curve is None:
+        return None
+    known = _transform_known(analysis)
+    target, reported, actual, reversal = _curve_arrays(curve)
 
     fig = Figure(figsize=(8.0, 3.8), layout="constrained")
     ax = fig.subplots()
@@ -244,6 +282,49 @@ def _draw_hysteresis(analysis: Analysis, axis: str) -> Figure | None:
     _legend_right(ax)
     ax.grid(alpha=0.3)
     return fig
+
+
+def figure_hysteresis_since(before: dict, after: dict, *, before_label: str = "baseline",
+                            after_label: str = "this run") -> bytes | None:
+    """Figure 3 of two runs in one plot, one panel per axis, as PNG.
+
+    Parameters
+    ----------
+    before, after : dict
+        ``{axis: curve}`` with curves of :func:`hysteresis_curve` (as in the results
+        JSON key ``hysteresis``); an axis missing from one run is drawn for the other.
+    before_label, after_label : str
+        Legend names of the two runs.
+
+    Returns
+    -------
+    bytes or None
+        None when neither run has a hysteresis line.
+    """
+    axes = [axis for axis in AXIS_NAMES if (before or {}).get(axis) or (after or {}).get(axis)]
+    if not axes:
+        return None
+    fig = Figure(figsize=(8.0, 2.9 * len(axes) + 0.6), layout="constrained")
+    panels = np.atleast_1d(fig.subplots(len(axes), 1, squeeze=False)[:, 0])
+    for ax, axis in zip(panels, axes):
+        for curve, label, colour, style in (((before or {}).get(axis), before_label, "0.45", "--o"),
+                                            ((after or {}).get(axis), after_label, _COLOURS["actual"], "-s")):
+            if not curve:
+                continue
+            target, _, actual, reversal = _curve_arrays(curve)
+            ax.plot(target, actual, style, color=colour, ms=4, lw=1.2, label=f"{label}: actual - target")
+            if reversal.any():
+                ax.plot(target[reversal], actual[reversal], "o", ms=11, mfc="none", mec=_COLOURS["reversal"],
+                        mew=1.2)
+        ax.plot([], [], "o", ms=11, mfc="none", mec=_COLOURS["reversal"], mew=1.2,
+                label="first step after\na reversal")
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_xlabel(f"target {axis} (nm)")
+        ax.set_ylabel(f"error along {axis} (nm)")
+        ax.set_title(f"Hysteresis along {axis} (Figure 3), {before_label} and {after_label}", fontsize=10)
+        _legend_right(ax)
+        ax.grid(alpha=0.3)
+    return _png(fig)
 
 
 def figure_hysteresis(analysis: Analysis, axis: str) -> bytes | None:

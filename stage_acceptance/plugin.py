@@ -22,7 +22,7 @@ from .config import ConfigError
 from . import figures as figure_module
 from .microscope import BackendError, MoveRefused
 from .protocols import FAMILIES, PROTOCOL_NAMES, protocols_for_families
-from .report import (certificate_html, figure_anchor, incomplete_html, notes_lines, readback_json,
+from .report import (baseline_html, certificate_html, figure_anchor, incomplete_html, notes_lines, readback_json,
                      stage_to_image_json)
 from .session import RecordingError
 
@@ -46,6 +46,16 @@ def pytest_addoption(parser):
                     help="write the results JSON here (default: next to the HTML report)")
     group.addoption("--jobs", default=None, type=int, metavar="N",
                     help="threads registering frame pairs at once (default: every core)")
+    group.addoption("--history", default=None, metavar="URL|PATH",
+                    help="database the run is recorded in: sqlite:///PATH, postgresql://USER:PASSWORD@HOST/DB or "
+                         "an SQLite file (default: reports/history.sqlite)")
+    group.addoption("--note", default=None, metavar="TEXT",
+                    help="a note recorded with the run in the history, e.g. 'service visit: x motor replaced'")
+    group.addoption("--baseline", default=None, metavar="PATH|last",
+                    help="compare the run with a baseline: a results JSON, a recording folder (analysed first), or "
+                         "'last' (the last accepted run of the same instrument and holder in the history)")
+    group.addoption("--label", default=None, metavar="TEXT",
+                    help="serial number or label of the instrument or holder, recorded in the history")
 
 
 def _is_acceptance_run(config) -> bool:
@@ -71,7 +81,8 @@ def pytest_configure(config):
         run = AcceptanceRun(opts.microscope, opts.holder, opts.replay,
                             reports_dir=Path(config.invocation_params.dir) / "reports",
                             html=getattr(opts, "htmlpath", None), results=opts.results_json, record=opts.record,
-                            jobs=opts.jobs)
+                            jobs=opts.jobs, history=opts.history, note=opts.note, label=opts.label,
+                            baseline=opts.baseline)
     except (ConfigError, RecordingError, RemoteError) as exc:
         raise pytest.UsageError(str(exc)) from None
     # pytest-html reads these options in its own pytest_configure, which runs after this one.
@@ -202,6 +213,14 @@ def stage_checks(acceptance_run, stage_analysis):
 
 
 @pytest.fixture(scope="session")
+def stage_comparison(acceptance_run, stage_analysis):
+    """This run against ``--baseline``: per metric the change, its interval and whether it regressed."""
+    if acceptance_run.comparison is None:
+        raise pytest.UsageError("the regression tests need a baseline: give --baseline PATH|last")
+    return acceptance_run.comparison
+
+
+@pytest.fixture(scope="session")
 def stage_figures(acceptance_run, stage_analysis):
     """PNG figures of the session, keyed by name (``hysteresis-x``, ``cross``, ...)."""
     return acceptance_run.figures()
@@ -232,6 +251,7 @@ class _RunHooks:
         self.tests = {"passed": 0, "failed": 0, "skipped": 0}
         self.results_path: Path | None = None
         self.refused = False
+        self.history_error: str | None = None
 
     def protocol_names(self) -> tuple[str, ...]:
         return protocols_for_families(self.families or set(FAMILIES)) or PROTOCOL_NAMES
@@ -249,6 +269,7 @@ class _RunHooks:
 
         try:
             self.run.prepare(self.protocol_names())
+            self.run.open_history()
         except (MoveRefused, ConfigError, RemoteError, BackendError) as exc:
             self.refused = True
             raise pytest.UsageError(str(exc).splitlines()[0]) from None
@@ -280,6 +301,15 @@ class _RunHooks:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.run.analysis is not None:
             self.results_path = self.run.write_results(self.tests)
+            from .history import HistoryError
+
+            report = self.run.outputs.html if getattr(self.config.option, "htmlpath", None) else None
+            try:
+                self.run.record_history(report)
+            except HistoryError as exc:
+                self.history_error = str(exc)
+                if session.exitstatus == pytest.ExitCode.OK:  # every certification is recorded, or the run says so
+                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         run = self.run
@@ -308,6 +338,17 @@ class _RunHooks:
             terminalreporter.write_line(f"results JSON: {self.results_path}")
         if run.session_path:
             terminalreporter.write_line(f"session recording: {run.session_path}")
+        if run.comparison is not None:
+            comparison = run.comparison
+            colour = {"red": True} if comparison.regressed else {"yellow": True} if comparison.worse else {"green": True}
+            terminalreporter.write_line(f"since the baseline: {comparison.headline()}", **colour)
+            for change in comparison.worse + comparison.better:
+                terminalreporter.write_line(f"  - {change.describe()}")
+            terminalreporter.write_line(f"  baseline: {comparison.source}")
+        if run.history_id is not None:
+            terminalreporter.write_line(f"history: entry {run.history_id} in {run.history_where}")
+        elif self.history_error:
+            terminalreporter.write_line(f"history: NOT recorded: {self.history_error}", red=True, bold=True)
 
     def pytest_html_report_title(self, report):
         report.title = f"Stage acceptance: {self.run.microscope_name}"
@@ -318,6 +359,8 @@ class _RunHooks:
             prefix.append(incomplete_html(run.incomplete, None if run.session_path is None else str(run.session_path)))
         if run.verdict is None:
             return
+        if run.comparison is not None:
+            prefix.append(baseline_html(run.comparison, run.baseline_figure()))
         figures = run.figures()
         prefix.append(certificate_html(
             run.verdict, run.certificate, run.checks, microscope=run.microscope_name,

@@ -58,8 +58,11 @@ FAMILIES = {
     "drift": ("dwell",),
     "tilt": ("tilt-alpha", "tilt-beta"),
     "certification": ("hysteresis-x", "hysteresis-y", "cross", "dwell"),
+    "regression": (),
 }
-"""Which protocols each test family (pytest marker) needs."""
+"""Which protocols each test family (pytest marker) needs. The regression tests
+(``--baseline``) compare what the other selected tests measure; selected alone, every
+protocol runs."""
 
 
 _LINE_AXES = ("x", "y", "alpha", "beta")

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from .analysis import AXIS_NAMES, Analysis
-from .certification import PAIR_LABELS, Certificate, Check, Verdict, format_interval, format_value
+from .baseline import COMPARED_METRICS, Comparison, MetricChange
+from .certification import (PAIR_LABELS, VERDICTS, Certificate, Check, Verdict, format_interval, format_limit,
+                            format_value)
+from .config import CASES, ConfigError, schema_problem
 from .figures import png_base64
 
 RESULTS_SCHEMA = "stage-acceptance/results"
@@ -199,6 +202,112 @@ def results_json(analysis: Analysis, certificate: Certificate, checks: dict[str,
     if extra:
         document.update(extra)
     return _clean(document)
+
+
+MAX_RESULTS_BYTES = 16 << 20
+"""Largest results JSON read (as a baseline): 16 MiB (one of ours is about 30 kB)."""
+MAX_METRIC = 1.0e12
+"""Largest |number| accepted in a results JSON read back (a metric, interval or position)."""
+
+_value = {"type": ["number", "null"], "minimum": -MAX_METRIC, "maximum": MAX_METRIC}
+_interval = {"type": ["array", "null"], "items": {"type": "number", "minimum": -MAX_METRIC, "maximum": MAX_METRIC},
+             "minItems": 2, "maxItems": 2}
+_series = {"type": "array", "maxItems": 100_000, "items": _value}
+_words = {"type": "string", "maxLength": 1000}
+
+RESULTS_READ_SCHEMA = {
+    "type": "object",
+    "required": ["schema", "version", "microscope", "holder", "checks"],
+    "properties": {
+        "schema": {"const": RESULTS_SCHEMA},
+        "version": {"const": RESULTS_VERSION},
+        "microscope": {"type": "string", "minLength": 1, "maxLength": 1000},
+        "holder": {"type": "string", "minLength": 1, "maxLength": 1000},
+        "verdict": {"enum": list(VERDICTS)},
+        "source": _words,
+        "session": {"type": ["string", "null"], "maxLength": 4096},
+        "date_utc": {"type": ["string", "null"], "maxLength": 64},
+        "date_measured_utc": {"type": ["string", "null"], "maxLength": 64},
+        "certification": {"type": "object", "properties": {"case": {"enum": [*CASES, None]}}},
+        "checks": {
+            "type": "object", "maxProperties": 500,
+            "additionalProperties": {"type": "object", "properties": {
+                "value": _value, "ci95": _interval, "limit": _value, "unit": {"type": "string", "maxLength": 20},
+                "label": _words}},
+        },
+        "pairs": {
+            "type": "object", "maxProperties": 20,
+            "additionalProperties": {"type": "object", "properties": {"rms_nm": _value, "rms_ci95": _interval}},
+        },
+        "hysteresis": {
+            "type": "object", "maxProperties": 10,
+            "additionalProperties": {"type": ["object", "null"],
+                                     "required": ["target_nm", "actual_error_nm", "reversal"],
+                                     "properties": {"target_nm": _series, "reported_error_nm": _series,
+                                                    "actual_error_nm": _series,
+                                                    "reversal": {"type": "array", "maxItems": 100_000,
+                                                                 "items": {"type": "boolean"}}}},
+        },
+    },
+}
+"""What a results JSON read back (``--baseline PATH``) must hold, with types and bounds.
+Other keys are kept and not read."""
+
+
+def read_results(path: str | Path) -> dict:
+    """Read a results JSON (results-v1, as stage-acceptance writes it) and check it.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file, the key and the value: a file that is missing, larger
+        than 16 MiB, not UTF-8 JSON (NaN and Infinity are not JSON), not results-v1,
+        or with a value of the wrong type or out of bounds.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_RESULTS_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_RESULTS_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_RESULTS_BYTES} bytes; not a results JSON")
+
+    def reject(constant):
+        raise ValueError(f"{constant} is not valid JSON")
+
+    try:
+        document = json.loads(raw.decode("utf-8"), parse_constant=reject)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a results JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {str(exc)[:120]}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: not a results JSON (the top level must be an object)")
+    problem = schema_problem(document, RESULTS_READ_SCHEMA)
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
+    for where, interval in [(f"checks.{name}.ci95", check.get("ci95")) for name, check in document["checks"].items()] \
+            + [(f"pairs.{name}.rms_ci95", pair.get("rms_ci95")) for name, pair in (document.get("pairs") or {}).items()]:
+        if interval is not None and not interval[0] <= interval[1]:
+            raise ConfigError(f"{path}: key '{where}' has bad value {interval!r}: low must not exceed high")
+    for axis, curve in (document.get("hysteresis") or {}).items():
+        if curve and len({len(v) for k, v in curve.items() if k in ("target_nm", "actual_error_nm", "reversal",
+                                                                         "reported_error_nm")}) != 1:
+            raise ConfigError(f"{path}: key 'hysteresis.{axis}': its lists must have one entry per frame each")
+    return document
 
 
 def write_json(document: dict, path: str | Path) -> Path:
@@ -454,3 +563,109 @@ def incomplete_html(reason: str, session_path: str | None) -> str:
             f'color:#111"><h2 style="margin-top:0;color:#b42318">INCOMPLETE RUN</h2><p>{e(reason)}.</p>'
             f'<p>Session recording: {"none kept" if session_path is None else f"<code>{e(session_path)}</code>"}. '
             f'Any metrics and case below come from the frames taken before the stop and certify nothing.</p></div>')
+
+
+BASELINE_CSS = """
+#stage-acceptance-baseline table { border-collapse: collapse; margin: 4px 0 10px 0; }
+#stage-acceptance-baseline td, #stage-acceptance-baseline th { border: 1px solid #bbb; padding: 3px 6px;
+  text-align: left; vertical-align: top; }
+#stage-acceptance-baseline td.num { text-align: right; white-space: nowrap; }
+#stage-acceptance-baseline tr.regressed td { background: #fde8e6; }
+#stage-acceptance-baseline tr.worse td { background: #fff6d6; }
+#stage-acceptance-baseline tr.better td { background: #e7f5ea; }
+#stage-acceptance-baseline .muted { color: #666; }
+"""
+
+
+def _change_state(change: MetricChange) -> tuple[str, str]:
+    """(css class, words) of a metric's change for the table."""
+    if change.regressed:
+        return "regressed", "WORSE, beyond the regression tolerance"
+    if change.worse:
+        return "worse", ("worse, within the regression tolerance" if change.tolerance is not None
+                         else "worse (no regression tolerance set)")
+    if change.better:
+        return "better", "better"
+    if change.significant is None:
+        return "", change.reason
+    return "", "no significant change for the worse" if change.significant else "no significant change"
+
+
+def baseline_html(comparison: Comparison, figure: bytes | None, *, after_label: str = "this run") -> str:
+    """The "Since the baseline" block at the top of the HTML report (self-contained HTML).
+
+    Parameters
+    ----------
+    comparison : Comparison
+        This run against its baseline.
+    figure : bytes or None
+        PNG of the Figure 3 hysteresis of both runs in one plot.
+    after_label : str
+        How this run is called in the block.
+
+    Returns
+    -------
+    str
+        An HTML fragment: verdict and case before and after, the baseline's origin, a
+        table of every metric's change with its 95 % interval and whether it is
+        significant and worse, and the figure.
+    """
+    e = html.escape
+    before, after = comparison.before, comparison.after
+    colour = "#b42318" if comparison.regressed else ("#8a6d00" if comparison.worse else "#1a7f37")
+    rows = []
+    for name in COMPARED_METRICS:
+        change = comparison.metrics.get(name)
+        if change is None:
+            continue
+        css, state = _change_state(change)
+
+        def shown(value, ci):
+            if value is None:
+                return "<span class=muted>not measured</span>"
+            interval = format_interval(ci, change.unit).replace("95 % CI ", "")
+            return e(format_value(value, change.unit)) + (f"<br><span class=muted>{e(interval)}</span>"
+                                                          if interval else "")
+
+        if change.change is None:
+            delta = "&ndash;"
+        else:
+            sign = "" if change.change < 0 else "+"
+            interval = format_interval(change.change_ci95, change.unit).replace("95 % CI ", "")
+            delta = e(sign + format_value(change.change, change.unit)) + (
+                f"<br><span class=muted>{e(interval)}</span>" if interval else "")
+        tolerance = "none set" if change.tolerance is None else e(format_limit(change.tolerance, change.unit))
+        rows.append(f"<tr class='{css}'><td>{e(change.label)}</td><td class=num>{shown(change.before, change.before_ci95)}"
+                    f"</td><td class=num>{shown(change.after, change.after_ci95)}</td><td class=num>{delta}</td>"
+                    f"<td class=num>{tolerance}</td><td>{e(state)}</td></tr>")
+    image = ("<p class=muted>No hysteresis plot of both runs: one of them has no hysteresis line (a results JSON "
+             "written before stage-acceptance kept its points has none).</p>")
+    if figure is not None:
+        image = (f'<figure><img alt="Hysteresis of both runs" style="max-width:100%" '
+                 f'src="data:image/png;base64,{png_base64(figure)}"><figcaption>Figure 3 hysteresis of the baseline '
+                 f'(grey, dashed) and {e(after_label)} (orange): actual minus target position while the stage steps '
+                 f'back and forth; a larger jump at the circled first steps after a reversal is more backlash.'
+                 f'</figcaption></figure>')
+    when = utc_text(before.get("date_measured_utc")) or utc_text(before.get("date_utc")) or "unknown"
+    return f"""
+<style>{BASELINE_CSS}</style>
+<div id="stage-acceptance-baseline" style="border:3px solid {colour};padding:12px;margin:8px 0;color:#111">
+<h2 style="margin-top:0;color:{colour}">Since the baseline</h2>
+<p><b>{e(comparison.headline())}.</b></p>
+<table>
+<tr><th></th><th>baseline</th><th>{e(after_label)}</th></tr>
+<tr><th>Verdict</th><td>{e(str(before.get('verdict') or 'unknown'))}</td><td>{e(str(after.get('verdict') or 'unknown'))}</td></tr>
+<tr><th>Case</th><td>{e(str(before.get('case') or 'none certified'))}</td><td>{e(str(after.get('case') or 'none certified'))}</td></tr>
+<tr><th>Instrument, holder</th><td>{e(str(before.get('microscope')))}, {e(str(before.get('holder')))}</td>
+<td>{e(str(after.get('microscope')))}, {e(str(after.get('holder')))}</td></tr>
+<tr><th>Measured</th><td>{e(when)}</td><td>{e(utc_text(after.get('date_measured_utc')) or 'unknown')}</td></tr>
+</table>
+<p>Baseline: {e(comparison.source)}. A change is significant when its 95 % interval (the two runs' intervals
+combined in quadrature, assuming independent runs) excludes zero; it is worse when the metric's size grew
+significantly, and a regression when it grew by more than the holder's [regression] tolerance.</p>
+<table><tr><th>metric</th><th>baseline</th><th>{e(after_label)}</th><th>change (95 % interval)</th>
+<th>regression tolerance</th><th>since the baseline</th></tr>
+{''.join(rows)}</table>
+{image}
+</div>
+"""

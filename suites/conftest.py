@@ -3,6 +3,13 @@
 import pytest
 
 
+def pytest_ignore_collect(collection_path, config):
+    """The regression tests exist only for a run compared with a baseline (--baseline)."""
+    if collection_path.name == "test_regression.py" and not config.getoption("baseline", default=None):
+        return True
+    return None
+
+
 @pytest.fixture
 def verify():
     """``verify(check)``: pass if the metric is within tolerance; fail with one line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import importlib
 import pytest
 from hypothesis import settings
 
@@ -22,6 +23,10 @@ SERIALEM_DATA = Path(__file__).parent / "data" / "serialem-nist-titan"
 """Real SerialEM frames (NIST Titan), cropped to 512 x 512, shipped with the tests (see its README)."""
 
 pytest_plugins = ["pytester"]
+
+# Loaded once here: pytester restores sys.modules after each of its tests, and importing
+# SQLAlchemy's PostgreSQL dialect (through Alembic) a second time warns.
+importlib.import_module("alembic.command")
 
 # CI explores the same examples on every run (reproducible); developers' runs explore anew.
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -57,3 +62,31 @@ def certify_sim(config: MicroscopeConfig, directory: Path, holder="default"):
 def case_config():
     """``case_config("a")`` loads tests/configs/case-a.toml."""
     return lambda letter: load_microscope(CONFIGS / f"case-{letter}.toml")
+
+
+def results_document(microscope="sim", holder="default", verdict="accepted", case="a",
+                     measured="2026-01-10T08:00:00+00:00", analysed=None, backlash_nm=2.0, **extra):
+    """A results-v1 document of the shape stage-acceptance writes (two checks and a pair)."""
+    return {
+        "schema": "stage-acceptance/results", "version": 1, "microscope": microscope, "holder": holder,
+        "holder_name": "Generic side-entry holder", "source": "live", "session": "/data/rec",
+        "verdict": verdict, "certification": {"case": case, "accepted": verdict == "accepted"},
+        "date_utc": analysed or measured, "date_measured_utc": measured, "stage_acceptance_version": "0.1.0",
+        "checks": {
+            "x.backlash_nm": {"label": "Backlash, x", "value": backlash_nm, "unit": "nm", "limit": 15.0,
+                              "passed": abs(backlash_nm) <= 15.0, "ci95": [backlash_nm - 1.5, backlash_nm + 1.5],
+                              "marginal": False},
+            "drift_nm_per_min": {"label": "Drift while standing still", "value": None, "unit": "nm/min",
+                                 "limit": 5.0, "passed": None, "ci95": None, "marginal": False},
+        },
+        "pairs": {"target_actual": {"rms_nm": 3.0, "rms_ci95": [2.0, 4.5], "agree": True, "consistent": True}},
+        **extra,
+    }
+
+
+@pytest.fixture(autouse=True)
+def _no_history_from_the_environment(monkeypatch):
+    """A developer's STAGE_ACCEPTANCE_HISTORY never receives the framework's own test runs."""
+    from stage_acceptance.history import HISTORY_ENV
+
+    monkeypatch.delenv(HISTORY_ENV, raising=False)

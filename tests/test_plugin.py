@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -240,3 +241,59 @@ def test_jobs_must_be_a_sane_number(suites):
     result = run_suites(suites, "--jobs=0")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--jobs 0: must be an integer from 1 to 256*"])
+
+
+def test_a_service_visit_is_recorded_and_compared_with_the_last_accepted_run(suites, tmp_path):
+    """Before the visit: an accepted run of case-a in reports/history.sqlite (analysed here,
+    in-process, to keep the test fast). After it (60 nm of x backlash): --baseline last finds
+    it, the regression test fails on the backlash, the results JSON has a baseline section,
+    the report starts with "Since the baseline", and the run is recorded too."""
+    from conftest import record_sim
+    from stage_acceptance.acceptance import AcceptanceRun
+    from stage_acceptance.config import load_microscope
+    from stage_acceptance.history import History, history_url
+
+    reports = suites.path / "reports"
+    record_sim(load_microscope(CONFIGS / "case-a.toml"), tmp_path / "before-rec")
+    before = AcceptanceRun("sim", None, str(tmp_path / "before-rec"), reports_dir=reports,
+                           results=str(tmp_path / "before.json"), label="SN 1234", note="before the service visit")
+    before.evaluate()
+    before.write_results({})
+    assert before.record_history(None) == 1 and before.verdict.word == "accepted"
+    before.close()
+    database = reports / "history.sqlite"
+    after = tmp_path / "after.json"
+    result = run_suites(suites, "-m", "hysteresis or certification or regression",
+                        f"--microscope={CONFIGS / 'case-a-after-service.toml'}", f"--results-json={after}",
+                        "--baseline=last", "--note=service visit: x motor replaced")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([
+        "*_ test_no_regression?x.backlash_nm? _*",
+        "Backlash, x: * nm -> * nm, change +* nm (95 % CI * nm), significantly worse; * worse is beyond the "
+        "regression tolerance 10 nm",
+        "since the baseline: verdict accepted -> not accepted, case a -> f; * significantly worse beyond the "
+        "regression tolerance: Backlash, x*",
+        f"  baseline: the last accepted run in the history {database}: entry 1, measured *, note: before the "
+        f"service visit",
+        f"history: entry 2 in {database}"])
+    outcomes = result.parseoutcomes()
+    assert outcomes["passed"] >= 20 and outcomes["skipped"] == 4  # tilt: measured in neither run
+    document = json.loads(after.read_text())
+    section = document["baseline"]
+    assert (section["verdict"], section["case"], section["verdict_after"], section["case_after"]) == \
+        ("accepted", "a", "not accepted", "f")
+    assert section["date_utc"] == json.loads((tmp_path / "before.json").read_text())["date_utc"]
+    assert "x.backlash_nm" in section["regressed"] and "y.backlash_nm" not in section["regressed"]
+    backlash = section["metrics"]["x.backlash_nm"]
+    assert backlash["significant"] and backlash["worse"] and backlash["change"] > 50
+    assert set(document["hysteresis"]) == {"x", "y"}
+    with History(history_url(str(database), tmp_path)) as history:
+        runs = history.runs("case-a", "default")
+    assert [(r.verdict, r.case, r.label, r.note) for r in runs] == [
+        ("accepted", "a", "SN 1234", "before the service visit"),
+        ("not accepted", "f", None, "service visit: x motor replaced")]
+    assert runs[1].results == document and runs[1].results_path == str(after)
+    assert runs[1].recording_path == document["session"]
+    text = Path(runs[1].report_path).read_text()
+    assert text.index("Since the baseline") < text.index('id="stage-acceptance-certificate"')
+    assert "Hysteresis of both runs" in text
