@@ -6,12 +6,14 @@ fixtures hand its session, analysis and certificate to the suites; the hooks cou
 test outcomes, write the results JSON and put the certificate at the top of the
 HTML report. The plugin is active for runs that collect the acceptance suites (a
 path inside a ``suites`` folder) or that give ``--replay``, ``--record`` or
-``--results-json``; ``pytest`` on the framework's own tests leaves it idle.
+``--results-json``; ``pytest`` on the framework's own tests leaves it idle, except
+that it spreads them over every core (:func:`pytest_load_initial_conftests`).
 """
 
 from __future__ import annotations
 
 import html
+import os
 import time
 from pathlib import Path
 
@@ -28,6 +30,40 @@ from .session import RecordingError
 
 RUN_KEY = pytest.StashKey[AcceptanceRun]()
 HOOKS_KEY = pytest.StashKey["_RunHooks"]()
+
+
+PROJECT_TESTS = Path(__file__).resolve().parent.parent / "tests"
+"""The framework's own tests (in a source checkout)."""
+
+
+def pytest_load_initial_conftests(early_config, parser, args):
+    """Run the framework's own tests in parallel: plain ``pytest`` (or ``pytest tests``)
+    in the project folder gets ``-n auto`` (pytest-xdist, in the ``test`` extra), unless
+    the command line already chooses (``-n``, ``--numprocesses``, ``-p no:xdist``).
+
+    Acceptance runs (``pytest suites/``) are never spread: one session drives one
+    microscope. Nothing changes when pytest-xdist is not installed.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") or not early_config.pluginmanager.has_plugin("xdist"):
+        return
+    if any(a in ("-n", "--numprocesses", "--dist") or a.startswith(("-n", "--numprocesses=", "--dist="))
+           for a in args):
+        return
+    plugins = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "-p"] + [a[2:] for a in args if a.startswith("-p")]
+    if any("xdist" in p for p in plugins):
+        return
+    values = {args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-p", "-k", "-m", "-c", "-o", "--rootdir")}
+    if not PROJECT_TESTS.is_dir():
+        return
+    here = Path(early_config.invocation_params.dir).resolve()
+    paths = [a for a in args if not a.startswith("-") and a not in values]
+    if paths:
+        targets = {(here / a.split("::", 1)[0]).resolve() for a in paths}
+        if targets != {PROJECT_TESTS}:
+            return
+    elif here != PROJECT_TESTS.parent:
+        return
+    args[:0] = ["-n", "auto"]
 
 
 def pytest_addoption(parser):

@@ -297,3 +297,32 @@ def test_a_service_visit_is_recorded_and_compared_with_the_last_accepted_run(sui
     text = Path(runs[1].report_path).read_text()
     assert text.index("Since the baseline") < text.index('id="stage-acceptance-certificate"')
     assert "Hysteresis of both runs" in text
+
+
+def test_the_framework_tests_and_only_they_are_spread_over_the_cores(monkeypatch):
+    from types import SimpleNamespace
+
+    from stage_acceptance.plugin import PROJECT_TESTS, pytest_load_initial_conftests
+
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    root = PROJECT_TESTS.parent
+
+    def args_after(args, here=root, xdist=True):
+        config = SimpleNamespace(pluginmanager=SimpleNamespace(has_plugin=lambda name: xdist),
+                                 invocation_params=SimpleNamespace(dir=here))
+        args = list(args)
+        pytest_load_initial_conftests(config, None, args)
+        return args
+
+    assert args_after([]) == ["-n", "auto"]  # plain `pytest` in the project
+    assert args_after(["-q", "-k", "readback"]) == ["-n", "auto", "-q", "-k", "readback"]
+    assert args_after(["tests"]) == ["-n", "auto", "tests"]
+    assert args_after(["tests/test_plugin.py"]) == ["tests/test_plugin.py"]  # one file: one process
+    assert args_after(["suites/"]) == ["suites/"]  # an acceptance run drives one microscope
+    assert args_after(["--replay=reports/x"], here=root / "suites") == ["--replay=reports/x"]
+    assert args_after(["-n", "0"]) == ["-n", "0"]
+    assert args_after(["-p", "no:xdist"]) == ["-p", "no:xdist"]
+    assert args_after([], xdist=False) == []
+    assert args_after([], here=root.parent) == []  # elsewhere: not the project's tests
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    assert args_after([]) == []
