@@ -167,10 +167,13 @@ MAX_LINE_BYTES = 1 << 16
 MAX_TEXT = 10_000
 """Longest free text (notes); names and paths are shorter (:data:`MAX_NAME`)."""
 MAX_NAME = 1000
+MAX_MONTAGE_INDEX = 9999
+"""Largest column or row of a montage piece (``montage_piece``)."""
 
 _nm = {"type": "number", "minimum": -MAX_POSITION_NM, "maximum": MAX_POSITION_NM}
 _deg = {"type": "number", "minimum": -MAX_TILT_DEG, "maximum": MAX_TILT_DEG}
 _name = {"type": "string", "maxLength": MAX_NAME}
+_piece = {"type": "integer", "minimum": 0, "maximum": MAX_MONTAGE_INDEX}
 
 _position_schema = {
     "type": "object",
@@ -219,10 +222,14 @@ FRAME_SCHEMA = {
         "image": {"type": "string", "minLength": 1, "maxLength": MAX_NAME},
         "protocol": {"type": "string", "maxLength": 100},
         "image_shift_nm": {"type": "object", "properties": {"x": _nm, "y": _nm}},
+        # This project's addition: the place of a montage piece in the assembled montage
+        # image (column along image x, row along image y; stage_acceptance.montage).
+        "montage_piece": {"type": "object", "additionalProperties": False, "required": ["column", "row"],
+                          "properties": {"column": _piece, "row": _piece}},
     },
 }
 
-_FRAME_KEYS = set(FRAME_SCHEMA["properties"]) - {"image_shift_nm"}
+_FRAME_KEYS = set(FRAME_SCHEMA["properties"]) - {"image_shift_nm", "montage_piece"}
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -471,11 +478,12 @@ class RecordingWriter:
         self.frames: list[Frame] = []
 
     def append(self, *, time_s: float, target: StagePosition, reported: StagePosition,
-               image: np.ndarray, protocol: str | None) -> Frame:
+               image: np.ndarray, protocol: str | None, extra: dict | None = None) -> Frame:
         """Store one frame: the image file first, then its line in ``frames.jsonl``.
 
         The image is a TIFF compressed losslessly (deflate, readable by tifffile and
-        Fiji), integer counts in an integer type (:func:`storable`).
+        Fiji), integer counts in an integer type (:func:`storable`). `extra` holds
+        further keys of the line (e.g. ``montage_piece``).
         """
         index = len(self.frames)
         if index == 0:
@@ -483,7 +491,8 @@ class RecordingWriter:
             _write_json_atomic(self.directory / "session.json", self.meta)
         name = f"images/{index:05d}.tif"
         tifffile.imwrite(self.directory / name, storable(image), compression="zlib", compressionargs={"level": 1})
-        frame = Frame(index=index, time_s=float(time_s), target=target, reported=reported, image=name, protocol=protocol)
+        frame = Frame(index=index, time_s=float(time_s), target=target, reported=reported, image=name, protocol=protocol,
+                      extra=dict(extra or {}))
         self._frames_handle.write(json.dumps(frame.to_json(), allow_nan=False) + "\n")
         self._frames_handle.flush()
         self.frames.append(frame)
@@ -588,7 +597,10 @@ def run_protocols(microscope: Envelope, protocols: Iterable[Protocol], writer: R
             if t0 is None:
                 t0 = now
             image = microscope.acquire()
-            writer.append(time_s=now - t0, target=target, reported=reported, image=image, protocol=protocol.name)
+            extra = None if visit.piece is None else {"montage_piece": {"column": visit.piece[0],
+                                                                        "row": visit.piece[1]}}
+            writer.append(time_s=now - t0, target=target, reported=reported, image=image, protocol=protocol.name,
+                          extra=extra)
             if progress:
                 progress(protocol.name, done, len(steps))
     return writer.finish()
