@@ -206,8 +206,9 @@ def build_steps(session: Session, registrations: list[PairRegistration], transfo
 
     A consecutive pair is a step when its images overlap by the reported move, or
     when the registration found an overlap. It is a *translation* step when a lateral
-    move was commanded (without a recorded target: reported) and no tilt changed;
-    only translation steps are along an axis.
+    move was commanded (without a recorded target: reported), no tilt changed and
+    neither frame is a montage piece (``montage_piece``: the montage analysis measures
+    those moves); only translation steps are along an axis.
     """
     targets = session.targets_nm()
     reported = session.reported_nm()
@@ -225,7 +226,12 @@ def build_steps(session: Session, registrations: list[PairRegistration], transfo
     shift = np.array([r.result.shift_px if r.result.ok else (np.nan, np.nan) for r in kept], dtype=float).reshape(n, 2)
     tilt = d_c[:, 3:]
     untilted = np.all(tilt == 0, axis=1)
-    translation = untilted & np.any(d_c[:, :2] != 0, axis=1)
+    # Moves to, from and between montage pieces are as long as the field less the overlap,
+    # not the protocol's step: the montage analysis measures them, the lateral metrics
+    # (whose lost motion assumes one step length) leave them out.
+    piece = np.array(["montage_piece" in f.extra for f in session.frames], dtype=bool)
+    montage_step = piece[frame] | piece[frame - 1] if n else np.zeros(0, dtype=bool)
+    translation = untilted & np.any(d_c[:, :2] != 0, axis=1) & ~montage_step
     axis = np.full(n, -1, dtype=int)
     direction = np.zeros(n, dtype=int)
     for i in np.flatnonzero(translation):
@@ -784,16 +790,41 @@ def montage_metrics(result: montage.Montage | None, why_not: str = "") -> dict[s
         slope, se, dof = montage.error_growth(result.order, later)
         ci = intervals.t_interval(slope, se, dof) if dof > 0 and np.isfinite(se) else None
         metrics["montage.growth_nm_per_piece"] = Measurement(slope, ci, evidence, "t" if ci else "")
-    _, neighbour = result.neighbour_errors()
-    neighbour = neighbour[np.isfinite(neighbour)]
-    evidence = {"neighbour_pairs": int(len(neighbour))}
+    metrics["montage.neighbour_error_max_nm"] = _neighbour_measurement(result)
+    unplaced = float(len(result.unplaced()))
+    metrics["montage.unplaced_pieces"] = Measurement(unplaced, (unplaced, unplaced),
+                                                     {"pieces": int(len(result.frames))}, "count")
+    return metrics
+
+
+def _neighbour_measurement(result: montage.Montage) -> Measurement:
+    """The largest misplacement of two raster neighbours, with the interval of the largest.
+
+    Each neighbour pair's misplacement is the length of the difference of two solved
+    errors; its interval is that of the length of a 2-D vector (the 95 % confidence
+    circle, t with the least-squares degrees of freedom), with the standard errors of
+    the two pieces combined as if independent (the shared path makes them positively
+    correlated, so this is wider than need be). The interval of the largest is
+    ``[max low, max high]``; none without redundancy in the overlap graph (a tree).
+    """
+    pairs, size = result.neighbour_errors()
+    known = np.isfinite(size)
+    evidence = {"neighbour_pairs": int(known.sum())}
     short = _shortfall(evidence, {"neighbour_pairs": MIN_EVIDENCE["montage_neighbour_pairs"]},
                        "raster neighbours both placed by registered pairs")
-    metrics["montage.neighbour_error_max_nm"] = (not_measured(short, evidence) if short else
-                                                Measurement(float(neighbour.max()), None, evidence, ""))
-    metrics["montage.unplaced_pieces"] = Measurement(float(len(result.unplaced())), None,
-                                                     {"pieces": int(len(result.frames))}, "")
-    return metrics
+    if short:
+        return not_measured(short, evidence)
+    solution = result.solution
+    ci = None
+    if solution.sigma is not None and solution.dof > 0:
+        bounds = []
+        for (a, b), length in zip(pairs[known], size[known]):
+            difference = result.commanded_error_nm[b] - result.commanded_error_nm[a]
+            bounds.append(intervals.magnitude_interval(difference, float(np.hypot(result.sd_nm[a], result.sd_nm[b])),
+                                                       solution.dof))
+        bounds = np.array(bounds)
+        ci = (float(bounds[:, 0].max()), float(bounds[:, 1].max()))
+    return Measurement(float(size[known].max()), ci, evidence, "least-squares residuals" if ci else "")
 
 
 # --------------------------------------------------------------------------- the whole chain

@@ -83,6 +83,8 @@ def format_value(value: float | None, unit: str) -> str:
         return "not measured"
     if unit == "":
         return f"{100.0 * value:.{_DECIMALS['%']}f} %"
+    if unit == "pieces":  # a count
+        return f"{value:.0f} piece{'' if value == 1 else 's'}"
     return f"{value:.{_DECIMALS.get(unit, 3)}f} {unit}".strip()
 
 
@@ -250,7 +252,7 @@ class Check:
     def shown(self) -> str:
         """Value, unit and interval, e.g. ``179.8 nm (95 % CI 170.2 to 189.4 nm)``."""
         text = format_value(self.value, self.unit)
-        interval = format_interval(self.ci95, self.unit)
+        interval = format_interval(self.ci95, self.unit) if self.method != "count" else ""  # a count is exact
         return f"{text} ({interval})" if interval else text
 
     def tolerance(self) -> str:

@@ -273,6 +273,8 @@ class Solution:
     sd_nm : ndarray, (n,)
         Standard error of each placed piece's position per axis (NaN when unknown; 0
         for the fixed piece).
+    dof : int
+        Degrees of freedom of `sigma`: twice the used pairs less the free pieces.
     """
 
     positions_nm: np.ndarray
@@ -282,6 +284,7 @@ class Solution:
     dropped: dict = field(default_factory=dict)
     sigma: float | None = None
     sd_nm: np.ndarray | None = None
+    dof: int = 0
 
 
 def _least_squares(n_pieces, pairs, measured, weights, usable, fixed, fixed_position):
@@ -300,7 +303,7 @@ def _least_squares(n_pieces, pairs, measured, weights, usable, fixed, fixed_posi
     free = np.flatnonzero(placed & (np.arange(n_pieces) != fixed))
     rows = np.flatnonzero(used)
     if len(free) == 0:
-        return positions, placed, used, residual, None, sd
+        return positions, placed, used, residual, None, sd, 0
     column_of = np.full(n_pieces, -1)
     column_of[free] = np.arange(len(free))
     root = np.sqrt(weights[rows])
@@ -329,7 +332,7 @@ def _least_squares(n_pieces, pairs, measured, weights, usable, fixed, fixed_posi
     if dof > 0:
         sigma = float(np.sqrt(np.sum(weights[rows, None] * residual[rows] ** 2) / dof))
         sd[free] = sigma * np.sqrt(variance)
-    return positions, placed, used, residual, sigma, sd
+    return positions, placed, used, residual, sigma, sd, max(dof, 0)
 
 
 def solve_positions(n_pieces: int, pairs, measured_nm, weights, *, fixed: int = 0, fixed_position_nm=(0.0, 0.0),
@@ -382,8 +385,8 @@ def solve_positions(n_pieces: int, pairs, measured_nm, weights, *, fixed: int = 
     usable = np.all(np.isfinite(measured), axis=1) & np.isfinite(weights) & (weights > 0)
     dropped = {}
     while True:
-        positions, placed, used, residual, sigma, sd = _least_squares(n_pieces, pairs, measured, weights, usable,
-                                                                      fixed, fixed_position)
+        positions, placed, used, residual, sigma, sd, dof = _least_squares(n_pieces, pairs, measured, weights,
+                                                                           usable, fixed, fixed_position)
         if max_residual_nm is None or not used.any():
             break
         size = np.where(used, np.hypot(residual[:, 0], residual[:, 1]), -np.inf)
@@ -393,7 +396,7 @@ def solve_positions(n_pieces: int, pairs, measured_nm, weights, *, fixed: int = 
         usable[worst] = False
         dropped[worst] = (f"disagrees with the other pairs by {size[worst]:.1f} nm (more than "
                           f"{max_residual_nm:.1f} nm around the loops of the overlap graph): a wrong match")
-    return Solution(positions, placed, used, residual, dropped, sigma, sd)
+    return Solution(positions, placed, used, residual, dropped, sigma, sd, dof)
 
 
 # --------------------------------------------------------------------------- errors
