@@ -788,7 +788,7 @@ def _draw_montage(analysis: Analysis) -> Figure | None:
         size = np.hypot(error[:, 0], error[:, 1])
         ax_err.plot(order, size, color=colour, marker=marker, ls=style, lw=1, ms=5, label=label)
         top = max(top, float(np.nanmax(size, initial=0.0)))
-    growth = analysis.metrics.get("montage.growth_nm_per_piece")
+    growth = getattr(analysis, "metrics", {}).get("montage.growth_nm_per_piece")
     size = np.hypot(result.commanded_error_nm[1:, 0], result.commanded_error_nm[1:, 1])
     if growth is not None and growth.measured and np.isfinite(size).sum() >= 2:
         later = order[1:][np.isfinite(size)]
