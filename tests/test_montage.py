@@ -19,6 +19,7 @@ from stage_acceptance.microscope import Envelope, MoveRefused
 from stage_acceptance.montage import (expected_field_px, neighbour_errors_nm, overlap_pairs, overlap_width_px,
                                       piece_errors_nm, solve_positions)
 from stage_acceptance.protocols import build, montage, serpentine
+from stage_acceptance.registry import revisit_groups
 from stage_acceptance.report import montage_json, results_json
 from stage_acceptance.session import RecordingWriter, read_recording, run_protocols
 from stage_acceptance.sim.microscope import SimulatedMicroscope
@@ -340,6 +341,17 @@ def test_one_montage_per_session(live, tmp_path):
     reason = analysis.metrics["montage.error_rms_nm"].reason
     assert reason.startswith("frames 0 and 6 are both montage piece (column 0, row 0)")
     assert montage_json(analysis) == {"problem": reason}
+
+
+def test_montage_pieces_are_no_revisits_of_the_other_protocols(tmp_path):
+    # the centre piece of a 3 x 3 montage is the origin, reached by a step towards +x, as
+    # the cross reaches it on its way back from -x: still no repeatability visit
+    session, _ = record_sim(load_microscope(CONFIGS / "montage.toml"), tmp_path / "rec", protocols=["cross", "montage"])
+    pieces = {i for i, frame in enumerate(session.frames) if "montage_piece" in frame.extra}
+    centre = next(i for i in pieces if session.frames[i].extra["montage_piece"] == {"column": 1, "row": 1})
+    assert session.frames[centre].target == session.frames[0].target
+    groups = [frame for axis in (0, 1) for group in revisit_groups(session, axis) for frame in group]
+    assert not pieces & set(groups)
 
 
 def test_a_session_without_a_montage_says_so(tmp_path):
