@@ -188,15 +188,19 @@ def overlap_pairs(column, row, field_px, frame_shape, min_overlap: float = MIN_P
         raise ValueError(f"column, row and field_px must have one entry per piece, got {len(column)}, {len(row)}, "
                          f"{len(field)}")
     rows, columns = frame_shape
-    found = set()
-    grid = np.stack([column, row], axis=1)
-    for a, b in cKDTree(grid).query_pairs(r=1.0, p=1):  # raster neighbours
-        found.add((min(a, b), max(a, b)))
+    found = {(int(a), int(b)) for a, b in raster_neighbours(column, row)}
     if np.all(np.isfinite(field)):
         for a, b in cKDTree(field).query_pairs(r=float(np.hypot(rows, columns))):
             if overlap_fraction(field[b] - field[a], frame_shape) >= min_overlap:
                 found.add((min(a, b), max(a, b)))
     return np.array(sorted(found, key=lambda pair: (pair[1], pair[0])), dtype=int).reshape(-1, 2)
+
+
+def raster_neighbours(column, row) -> np.ndarray:
+    """``(a, b)`` piece indices (``a < b``, sorted) of every pair one column or one row apart."""
+    grid = np.stack([np.asarray(column, dtype=int), np.asarray(row, dtype=int)], axis=1)
+    pairs = sorted((min(a, b), max(a, b)) for a, b in cKDTree(grid).query_pairs(r=1.0, p=1))
+    return np.array(pairs, dtype=int).reshape(-1, 2)
 
 
 def overlap_width_px(column, row, field_px, frame_shape) -> float | None:
@@ -207,18 +211,17 @@ def overlap_width_px(column, row, field_px, frame_shape) -> float | None:
     the most a piece may be off relative to its neighbour before the two fields no
     longer overlap. None for a grid without raster neighbours.
     """
-    column = np.asarray(column, dtype=int)
     row = np.asarray(row, dtype=int)
     field = np.asarray(field_px, dtype=float).reshape(-1, 2)
     rows, columns = frame_shape
-    widths = []
-    for k, (along, size) in enumerate(((column, columns), (row, rows))):
-        other = row if k == 0 else column
-        gaps = [size - abs(field[b, k] - field[a, k]) for a in range(len(field)) for b in range(a + 1, len(field))
-                if other[a] == other[b] and abs(along[a] - along[b]) == 1]
-        if gaps:
-            widths.append(float(np.median(gaps)))
-    return min(widths) if widths else None
+    pairs = raster_neighbours(column, row)
+    if len(pairs) == 0:
+        return None
+    offset = np.abs(field[pairs[:, 1]] - field[pairs[:, 0]])
+    horizontal = row[pairs[:, 0]] == row[pairs[:, 1]]
+    widths = [float(np.median(size - offset[along, k])) for k, (size, along)
+              in enumerate(((columns, horizontal), (rows, ~horizontal))) if along.any()]
+    return min(widths)
 
 
 # --------------------------------------------------------------------------- least squares
@@ -440,11 +443,8 @@ def neighbour_errors_nm(column, row, error_nm) -> tuple[np.ndarray, np.ndarray]:
     size_nm : ndarray, (k,)
         ``|e_b - e_a|``; NaN where an error is unknown.
     """
-    column = np.asarray(column, dtype=int)
-    row = np.asarray(row, dtype=int)
     error = np.asarray(error_nm, dtype=float).reshape(-1, 2)
-    pairs = sorted((min(a, b), max(a, b)) for a, b in cKDTree(np.stack([column, row], axis=1)).query_pairs(r=1.0, p=1))
-    pairs = np.array(pairs, dtype=int).reshape(-1, 2)
+    pairs = raster_neighbours(column, row)
     difference = error[pairs[:, 1]] - error[pairs[:, 0]]
     return pairs, np.hypot(difference[:, 0], difference[:, 1])
 
