@@ -227,7 +227,7 @@ def overlap_width_px(column, row, field_px, frame_shape) -> float | None:
 # --------------------------------------------------------------------------- least squares
 
 
-def pair_weights(confidence, overlap_fraction, frame_pixels: int) -> np.ndarray:
+def pair_weights(confidence, overlap, frame_pixels: int) -> np.ndarray:
     """Least-squares weight of each registered pair: its inverse variance, up to a constant.
 
     A registration's variance falls with the number of overlapping pixels ``N`` and
@@ -239,7 +239,7 @@ def pair_weights(confidence, overlap_fraction, frame_pixels: int) -> np.ndarray:
     ----------
     confidence : array_like, (m,)
         `Registration.confidence` of each pair.
-    overlap_fraction : array_like, (m,)
+    overlap : array_like, (m,)
         `Registration.overlap_fraction` of each pair.
     frame_pixels : int
         Pixels in a frame.
@@ -250,7 +250,7 @@ def pair_weights(confidence, overlap_fraction, frame_pixels: int) -> np.ndarray:
         Positive weights (0 where a value is not finite).
     """
     r = np.clip(np.asarray(confidence, dtype=float), *CONFIDENCE_CLIP)
-    n = np.asarray(overlap_fraction, dtype=float) * float(frame_pixels)
+    n = np.asarray(overlap, dtype=float) * float(frame_pixels)
     weight = n * r / (1.0 - r)
     return np.where(np.isfinite(weight) & (weight > 0), weight, 0.0)
 

@@ -21,7 +21,7 @@ from stage_acceptance.montage import (expected_field_px, neighbour_errors_nm, ov
 from stage_acceptance.protocols import build, montage, serpentine
 from stage_acceptance.registry import revisit_groups
 from stage_acceptance.report import montage_json, results_json
-from stage_acceptance.session import RecordingWriter, read_recording, run_protocols
+from stage_acceptance.session import RecordingError, RecordingWriter, read_recording, run_protocols
 from stage_acceptance.sim.microscope import SimulatedMicroscope
 
 # --------------------------------------------------------------------------- the protocol
@@ -341,6 +341,26 @@ def test_one_montage_per_session(live, tmp_path):
     reason = analysis.metrics["montage.error_rms_nm"].reason
     assert reason.startswith("frames 0 and 6 are both montage piece (column 0, row 0)")
     assert montage_json(analysis) == {"problem": reason}
+
+
+@pytest.mark.parametrize("piece, message", [
+    ('{"column": -1, "row": 0}', "key 'montage_piece.column' has bad value -1: must be an integer in [0, 9999]"),
+    ('{"column": 1.5, "row": 0}', "key 'montage_piece.column' has bad value 1.5"),
+    ('{"column": 1}', "missing required key 'montage_piece.row'"),
+    ('{"column": 1, "row": 0, "z": 3}', "unknown key 'montage_piece.z'"),
+    ('[1, 0]', "key 'montage_piece' has bad value [1, 0]"),
+])
+def test_a_bad_montage_piece_in_a_recording_is_one_line_naming_file_line_and_key(live, tmp_path, piece, message):
+    session, _, _ = live
+    bad = tmp_path / "bad"
+    shutil.copytree(session.directory, bad)
+    lines = (bad / "frames.jsonl").read_text().splitlines()
+    record = json.loads(lines[3])
+    lines[3] = json.dumps({**record, "montage_piece": json.loads(piece)})
+    (bad / "frames.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(RecordingError) as error:
+        read_recording(bad)
+    assert str(error.value).startswith(f"{bad / 'frames.jsonl'}:4: ") and message in str(error.value)
 
 
 def test_montage_pieces_are_no_revisits_of_the_other_protocols(tmp_path):
