@@ -330,7 +330,8 @@ class AcceptanceRun:
         if self.replay or self._microscope is not None or self._session is not None:
             return
         config = self.microscope_config
-        protocols = build(config.protocol, protocol_names)
+        protocols = build(config.protocol, protocol_names, field_nm=config.frame_px * config.pixel_size_nm,
+                          stage_to_image=config.stage_to_image)
         backend = open_microscope(config)
         served = dict(getattr(backend, "limits", None) or {}) if config.kind == "remote" else {}
         where = (config.path or config.remote.endpoint) if config.kind == "remote" else config.path

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import intervals, readback
+from . import intervals, montage, readback
 from .geometry import StageToImage, image_px_to_stage_nm, stage_nm_to_image_px
 from .registration import Registration, central_region_shape
 from .registry import commanded_nm, register_all, registration_plan, step_axis, tilt_pairs
@@ -265,10 +265,11 @@ def build_steps(session: Session, registrations: list[PairRegistration], transfo
 
     A consecutive pair is a step when its images overlap by the reported move, or
     when the registration found an overlap. It is a *translation* step when a lateral
-    move was commanded (without a recorded target: reported) and no tilt changed;
-    only translation steps are along an axis. `image_shift` maps a pair to its
-    :func:`image_shift_change_nm` (none: no image shift), subtracted from the actual
-    displacement; an unknown change leaves the actual displacement NaN, with the
+    move was commanded (without a recorded target: reported), no tilt changed and
+    neither frame is a montage piece (``montage_piece``: the montage analysis measures
+    those moves); only translation steps are along an axis. `image_shift` maps a pair
+    to its :func:`image_shift_change_nm` (none: no image shift), subtracted from the
+    actual displacement; an unknown change leaves the actual displacement NaN, with the
     reason in ``Steps.unmeasured``.
     """
     targets = session.targets_nm()
@@ -287,7 +288,12 @@ def build_steps(session: Session, registrations: list[PairRegistration], transfo
     shift = np.array([r.result.shift_px if r.result.ok else (np.nan, np.nan) for r in kept], dtype=float).reshape(n, 2)
     tilt = d_c[:, 3:]
     untilted = np.all(tilt == 0, axis=1)
-    translation = untilted & np.any(d_c[:, :2] != 0, axis=1)
+    # Moves to, from and between montage pieces are as long as the field less the overlap,
+    # not the protocol's step: the montage analysis measures them, the lateral metrics
+    # (whose lost motion assumes one step length) leave them out.
+    piece = np.array(["montage_piece" in f.extra for f in session.frames], dtype=bool)
+    montage_step = piece[frame] | piece[frame - 1] if n else np.zeros(0, dtype=bool)
+    translation = untilted & np.any(d_c[:, :2] != 0, axis=1) & ~montage_step
     axis = np.full(n, -1, dtype=int)
     direction = np.zeros(n, dtype=int)
     for i in np.flatnonzero(translation):
@@ -336,6 +342,8 @@ MIN_EVIDENCE = {
     "drift_span_s": 60.0,
     "tilt_reversal_steps": 2,
     "tilt_plain_steps": 4,
+    "montage_pieces": 3,
+    "montage_neighbour_pairs": 1,
 }
 """The least evidence each metric is measured from (README, "Evidence and intervals").
 
@@ -351,7 +359,10 @@ MIN_EVIDENCE = {
 - drift: ``drift_frames`` registered frames without a move in between, spanning
   ``drift_span_s`` seconds;
 - tilt: ``tilt_plain_steps`` plain tilt steps for the image shift per degree, and
-  ``tilt_reversal_steps`` reversals as well for the tilt backlash.
+  ``tilt_reversal_steps`` reversals as well for the tilt backlash;
+- montage: ``montage_pieces`` pieces besides the first placed by registered pairs (the
+  error RMS and its growth), ``montage_neighbour_pairs`` raster neighbours both placed
+  (the largest neighbour error).
 """
 
 
@@ -778,6 +789,111 @@ def tilt_response(tilt_deg, actual_nm, kind) -> TiltMetrics:
     return TiltMetrics(shift_m, backlash, direction, int(valid.sum()))
 
 
+# --------------------------------------------------------------------------- montage
+
+MONTAGE_METRICS = ("error_rms_nm", "reported_error_rms_nm", "growth_nm_per_piece", "neighbour_error_max_nm",
+                   "unplaced_pieces")
+"""The montage metrics, ``montage.<name>`` in ``Analysis.metrics``."""
+
+
+def _rms_measurement(error_nm: np.ndarray, noun: str) -> Measurement:
+    """RMS length of the errors of the pieces besides the first, bootstrapped over the pieces."""
+    size = np.hypot(error_nm[1:, 0], error_nm[1:, 1])
+    size = size[np.isfinite(size)]
+    evidence = {"pieces": int(len(size))}
+    short = _shortfall(evidence, {"pieces": MIN_EVIDENCE["montage_pieces"]}, noun)
+    if short:
+        return not_measured(short, evidence)
+    ci = intervals.bootstrap_interval(lambda idx: float(np.sqrt(np.mean(size[idx[0]] ** 2))), [np.arange(len(size))])
+    return Measurement(float(np.sqrt(np.mean(size ** 2))), ci, evidence, "bootstrap")
+
+
+def montage_metrics(result: montage.Montage | None, why_not: str = "") -> dict[str, Measurement]:
+    """The montage metrics of a solved montage (``montage.<name>`` of :data:`MONTAGE_METRICS`).
+
+    - ``error_rms_nm``: RMS over the pieces besides the first of the length of their
+      error against the target (relative to the first piece), bootstrap interval over
+      the pieces; needs every piece's target.
+    - ``reported_error_rms_nm``: the same against the readback.
+    - ``growth_nm_per_piece``: slope of the error's length against the commanded
+      position (the target; the readback where there is none) over the acquisition
+      order, t interval.
+    - ``neighbour_error_max_nm``: the largest difference between the errors of two
+      raster neighbours (against the commanded positions): beyond the overlap width
+      their fields no longer overlap and stitching fails there.
+    - ``unplaced_pieces``: how many pieces no registered pair connects to the first
+      piece (the overlap graph is disconnected): the montage cannot place them.
+
+    Parameters
+    ----------
+    result : Montage or None
+        None when the session has no montage it can analyse (`why_not` says why).
+    why_not : str
+        The reason given for every metric when `result` is None.
+    """
+    names = [f"montage.{name}" for name in MONTAGE_METRICS]
+    if result is None:
+        return {name: not_measured(why_not or "the session has no montage") for name in names}
+    if not result.oriented:
+        why = "needs the stage-to-image orientation, which is unknown"
+        return {name: not_measured(why) for name in names}
+    noun = "pieces besides the first placed by registered pairs"
+    metrics = {}
+    if result.has_target:
+        metrics["montage.error_rms_nm"] = _rms_measurement(result.error_nm, noun)
+    else:
+        metrics["montage.error_rms_nm"] = not_measured(
+            "needs the target of every piece; the recording has none (target null: the acquiring tool recorded "
+            "the readback only)")
+    metrics["montage.reported_error_rms_nm"] = _rms_measurement(result.reported_error_nm, noun)
+    later = result.commanded_error_nm.copy()
+    later[0] = np.nan  # the first piece's error is 0 by definition
+    known = int(np.sum(np.all(np.isfinite(later), axis=1)))
+    evidence = {"pieces": known}
+    short = _shortfall(evidence, {"pieces": MIN_EVIDENCE["montage_pieces"]}, noun)
+    if short:
+        metrics["montage.growth_nm_per_piece"] = not_measured(short, evidence)
+    else:
+        slope, se, dof = montage.error_growth(result.order, later)
+        ci = intervals.t_interval(slope, se, dof) if dof > 0 and np.isfinite(se) else None
+        metrics["montage.growth_nm_per_piece"] = Measurement(slope, ci, evidence, "t" if ci else "")
+    metrics["montage.neighbour_error_max_nm"] = _neighbour_measurement(result)
+    unplaced = float(len(result.unplaced()))
+    metrics["montage.unplaced_pieces"] = Measurement(unplaced, (unplaced, unplaced),
+                                                     {"pieces": int(len(result.frames))}, "count")
+    return metrics
+
+
+def _neighbour_measurement(result: montage.Montage) -> Measurement:
+    """The largest misplacement of two raster neighbours, with the interval of the largest.
+
+    Each neighbour pair's misplacement is the length of the difference of two solved
+    errors; its interval is that of the length of a 2-D vector (the 95 % confidence
+    circle, t with the least-squares degrees of freedom), with the standard errors of
+    the two pieces combined as if independent (the shared path makes them positively
+    correlated, so this is wider than need be). The interval of the largest is
+    ``[max low, max high]``; none without redundancy in the overlap graph (a tree).
+    """
+    pairs, size = result.neighbour_errors()
+    known = np.isfinite(size)
+    evidence = {"neighbour_pairs": int(known.sum())}
+    short = _shortfall(evidence, {"neighbour_pairs": MIN_EVIDENCE["montage_neighbour_pairs"]},
+                       "raster neighbours both placed by registered pairs")
+    if short:
+        return not_measured(short, evidence)
+    solution = result.solution
+    ci = None
+    if solution.sigma is not None and solution.dof > 0:
+        bounds = []
+        for (a, b), length in zip(pairs[known], size[known]):
+            difference = result.commanded_error_nm[b] - result.commanded_error_nm[a]
+            bounds.append(intervals.magnitude_interval(difference, float(np.hypot(result.sd_nm[a], result.sd_nm[b])),
+                                                       solution.dof))
+        bounds = np.array(bounds)
+        ci = (float(bounds[:, 0].max()), float(bounds[:, 1].max()))
+    return Measurement(float(size[known].max()), ci, evidence, "least-squares residuals" if ci else "")
+
+
 # --------------------------------------------------------------------------- the whole chain
 
 
@@ -970,6 +1086,10 @@ class Analysis:
     """Pairs across a tilt change, registered on the central region of the field."""
     readback_quantum: dict[str, readback.Quantum] = field(default_factory=dict)
     """The readback's quantum per axis (informational; no tolerance judges it)."""
+    montage: montage.Montage | None = None
+    """The session's montage, solved (None without one; ``montage_problem`` says why
+    when frames carry ``montage_piece`` but cannot be analysed)."""
+    montage_problem: str = ""
 
     @property
     def frames(self) -> int:
@@ -1154,6 +1274,14 @@ def analyse(session: Session, *, jobs: int | None = None, progress: Callable[[st
         metrics[f"tilt.{tilt_name}.shift_nm_per_deg"] = absent if metrics_of is None else metrics_of.shift
         metrics[f"tilt.{tilt_name}.backlash_deg"] = absent if metrics_of is None else metrics_of.backlash
 
+    grid, montage_problem = montage.piece_grid(session)
+    solved = None
+    if grid is not None:
+        solved, montage_failed = _solve_montage(session, grid, results, s2i, say, jobs=jobs, progress=pairs_progress,
+                                                prepare=prepare, register=register)
+        failed += montage_failed
+    metrics.update(montage_metrics(solved, montage_problem))
+
     start = commanded_nm(session)[0, :2]
     return Analysis(
         session=session,
@@ -1170,4 +1298,37 @@ def analyse(session: Session, *, jobs: int | None = None, progress: Callable[[st
                                         {pair: result.ok for pair, result in results.items()}),
         readback_quantum=readback_quanta(session.reported_nm(), session.targets_nm()),
         across_tilt=sorted(across_tilt, key=lambda pair: (pair[1], pair[0])),
+        montage=solved,
+        montage_problem=montage_problem,
     )
+
+
+def _solve_montage(session: Session, grid: montage.MontageGrid, results: dict, s2i: Transform, say, *,
+                   jobs, progress, prepare, register) -> tuple[montage.Montage, list[str]]:
+    """Register the pairs of overlapping montage pieces the plan has not, and solve the montage.
+
+    Pairs registered before (consecutive pieces) are used as they are, unless the
+    transform was estimated after they were registered without a prior and they failed:
+    those are registered again with the estimated transform's prior, as are the new
+    pairs. Returns the montage and the pairs that could not be registered.
+    """
+    known = s2i.status != "unknown"
+    transform = s2i.value
+    commanded = commanded_nm(session)[grid.frames, :2]
+    field_px = montage.expected_field_px(commanded, session.pixel_size_nm, transform)
+    pairs = montage.overlap_pairs(grid.column, grid.row, field_px, session.frame_shape)
+    frame_pairs = [(int(grid.frames[a]), int(grid.frames[b])) for a, b in pairs]
+    again = s2i.status == "estimated"
+    todo = [pair for pair in frame_pairs if pair not in results or (again and not results[pair].ok)]
+    found = {pair: results[pair] for pair in frame_pairs if pair in results}
+    if todo:
+        say(f"montage of {len(grid)} pieces: registering {len(todo)} more pair(s) of overlapping pieces "
+            f"({len(frame_pairs)} in all)")
+        found.update(register_all(session, todo, transform if known else None, jobs=jobs, progress=progress,
+                                  prepare=prepare, register=register))
+    registrations = [found[pair] for pair in frame_pairs]
+    measured = montage.pair_displacements_nm(registrations, session.pixel_size_nm, transform)
+    solved = montage.analyse_montage(session, grid, pairs, registrations, measured, transform, oriented=known)
+    failed = [f"frames {ref}->{mov} (montage pieces): {found[(ref, mov)].reason}" for ref, mov in todo
+              if (ref, mov) not in results and not found[(ref, mov)].ok]
+    return solved, failed

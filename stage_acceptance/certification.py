@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .analysis import AXIS_NAMES, TILT_NAMES, Analysis, Measurement
+from .analysis import AXIS_NAMES, MONTAGE_METRICS, TILT_NAMES, Analysis, Measurement
 from .config import HolderConfig
 
 CASE_TITLES = {
@@ -56,6 +56,11 @@ METRIC_LABELS = {
     "drift_nm_per_min": "Drift while standing still",
     "shift_nm_per_deg": "Image shift per degree of tilt",
     "backlash_deg": "Tilt backlash",
+    "montage.error_rms_nm": "Montage piece error against the target (RMS)",
+    "montage.reported_error_rms_nm": "Montage piece error against the readback (RMS)",
+    "montage.growth_nm_per_piece": "Montage error growth per piece",
+    "montage.neighbour_error_max_nm": "Montage neighbours' misplacement (largest)",
+    "montage.unplaced_pieces": "Montage pieces not placed",
 }
 
 
@@ -69,7 +74,7 @@ def metric_label(name: str) -> str:
     return f"{METRIC_LABELS[parts[1]]}, {parts[0]}"
 
 
-_DECIMALS = {"nm": 1, "deg": 3, "nm/min": 2, "nm/deg": 1, "%": 3}
+_DECIMALS = {"nm": 1, "deg": 3, "nm/min": 2, "nm/deg": 1, "nm/piece": 2, "pieces": 0, "%": 3}
 
 
 def format_value(value: float | None, unit: str) -> str:
@@ -78,6 +83,8 @@ def format_value(value: float | None, unit: str) -> str:
         return "not measured"
     if unit == "":
         return f"{100.0 * value:.{_DECIMALS['%']}f} %"
+    if unit == "pieces":  # a count
+        return f"{value:.0f} piece{'' if value == 1 else 's'}"
     return f"{value:.{_DECIMALS.get(unit, 3)}f} {unit}".strip()
 
 
@@ -245,7 +252,7 @@ class Check:
     def shown(self) -> str:
         """Value, unit and interval, e.g. ``179.8 nm (95 % CI 170.2 to 189.4 nm)``."""
         text = format_value(self.value, self.unit)
-        interval = format_interval(self.ci95, self.unit)
+        interval = format_interval(self.ci95, self.unit) if self.method != "count" else ""  # a count is exact
         return f"{text} ({interval})" if interval else text
 
     def tolerance(self) -> str:
@@ -275,8 +282,14 @@ TOLERANCE_OF = {
     "drift_nm_per_min": ("drift_nm_per_min", "nm/min"),
     "shift_nm_per_deg": ("tilt_shift_nm_per_deg", "nm/deg"),
     "backlash_deg": ("tilt_backlash_deg", "deg"),
+    "montage.error_rms_nm": (None, "nm"),
+    "montage.reported_error_rms_nm": (None, "nm"),
+    "montage.growth_nm_per_piece": (None, "nm/piece"),
+    "montage.neighbour_error_max_nm": (None, "nm"),
+    "montage.unplaced_pieces": (None, "pieces"),
 }
-"""The holder tolerance and unit of each metric (by its name, or the last part of it)."""
+"""The holder tolerance and unit of each metric (by its name, or the last part of it);
+None for a metric no holder tolerance judges."""
 
 
 CHECK_NAMES = tuple(
@@ -285,14 +298,16 @@ CHECK_NAMES = tuple(
       "repeatability_nm")]
     + ["coupling.x_to_y", "coupling.y_to_x", "coupling.skew_deg", "drift_nm_per_min"]
     + [f"tilt.{tilt}.{metric}" for tilt in TILT_NAMES for metric in ("shift_nm_per_deg", "backlash_deg")]
+    + [f"montage.{metric}" for metric in MONTAGE_METRICS]
 )
 """The name of every check (:func:`metric_checks`), in report order."""
 
 
-def check_of(name: str, measurement: Measurement, holder: HolderConfig) -> Check:
-    """One metric against the holder tolerance."""
+def check_of(name: str, measurement: Measurement, holder: HolderConfig, limit: float | None = None) -> Check:
+    """One metric against the holder tolerance (or against `limit`, where the session sets it)."""
     tol_key, unit = TOLERANCE_OF.get(name) or TOLERANCE_OF[name.rsplit(".", 1)[1]]
-    limit = holder.tolerances.get(tol_key)
+    if limit is None and tol_key is not None:
+        limit = holder.tolerances.get(tol_key)
     value = measurement.value
     passed = None if value is None or limit is None else abs(value) <= limit
     note = "" if passed is None else margin(value, measurement.ci95, limit, unit)
@@ -307,10 +322,25 @@ def metric_checks(analysis: Analysis, holder: HolderConfig) -> dict[str, Check]:
     ``x.reported_backlash_nm``, ``x.reported_scale_error``, ``x.repeatability_nm``
     (and the same for y), ``coupling.x_to_y``, ``coupling.y_to_x``,
     ``coupling.skew_deg``, ``drift_nm_per_min``, ``tilt.alpha.shift_nm_per_deg``,
-    ``tilt.alpha.backlash_deg`` (and beta). The tilt tolerances are optional in a
-    holder file: without them the check has no limit and is not judged.
+    ``tilt.alpha.backlash_deg`` (and beta), and the ``montage.<name>`` metrics of
+    :data:`~stage_acceptance.analysis.MONTAGE_METRICS`. The tilt tolerances are
+    optional in a holder file: without them the check has no limit and is not judged.
+    The montage's neighbour misplacement is judged against the montage's own overlap
+    width (beyond it stitching fails) and its unplaced pieces against 0; the other
+    montage metrics are not judged.
     """
-    return {name: check_of(name, analysis.metrics[name], holder) for name in CHECK_NAMES}
+    base = [name for name in CHECK_NAMES if not name.startswith("montage.")]
+    checks = {name: check_of(name, analysis.metrics[name], holder) for name in base}
+    solved = getattr(analysis, "montage", None)
+    limits = {}
+    if solved is not None:
+        limits["unplaced_pieces"] = 0.0
+        if solved.overlap_nm is not None:
+            limits["neighbour_error_max_nm"] = round(solved.overlap_nm, 1)
+    for metric in MONTAGE_METRICS:
+        name = f"montage.{metric}"
+        checks[name] = check_of(name, analysis.metrics[name], holder, limit=limits.get(metric))
+    return checks
 
 
 NOT_CERTIFIED_TITLE = "Not certified"

@@ -55,6 +55,14 @@ class ProtocolConfig:
     dwell_interval_s: float = 30.0
     tilt_step_deg: float = 2.0
     tilt_steps: int = 3
+    montage_pieces: tuple[int, int] = (3, 3)
+    """``(columns, rows)`` of the montage protocol."""
+    montage_overlap: float = 0.2
+    """Fraction of the field of view neighbouring montage pieces share."""
+
+    def __post_init__(self):
+        # TOML, JSON (a recording, a server's describe) give the pair as a list
+        object.__setattr__(self, "montage_pieces", tuple(int(n) for n in self.montage_pieces))
 
 
 @dataclass(frozen=True)
@@ -260,6 +268,11 @@ MAX_PATH_CHARS = 1024
 """Longest path (specimen image, key folder)."""
 TOML_INT = (-(2**63), 2**63 - 1)
 """TOML integers are 64-bit."""
+MAX_MONTAGE_SIDE = 50
+"""Most montage pieces along a side (a 50 x 50 montage is 2500 frames)."""
+MONTAGE_OVERLAP = (0.1, 0.9)
+"""Overlap fraction of neighbouring montage pieces: at least the 10 % of the field a
+registration needs, at most 90 %."""
 
 
 def _number(low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> dict:
@@ -328,6 +341,10 @@ MICROSCOPE_SCHEMA: dict[str, Any] = {
                 "dwell_interval_s": _time,
                 "tilt_step_deg": _number(0, 30, open_low=True),
                 "tilt_steps": _integer(2, 30),
+                "montage_pieces": {**_pair(_integer(1, MAX_MONTAGE_SIDE)), "not": {"const": [1, 1]},
+                                   "description": f"[columns, rows]: two integers 1 to {MAX_MONTAGE_SIDE}, "
+                                                  f"at least 2 pieces in all"},
+                "montage_overlap": _number(*MONTAGE_OVERLAP),
             },
         },
         "sim": {

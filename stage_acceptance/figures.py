@@ -86,10 +86,17 @@ _CAPTIONS = {
         "differently: the slope is the specimen's height error from the tilt axis, and the two "
         "branches lying apart (circled first steps after a reversal off the line) is tilt backlash.",
     ),
+    "montage": (
+        "Montage: commanded and actual pieces",
+        "Left, each piece (its field less the overlap) where it was commanded (grey, dashed) and where the "
+        "images put it (orange, errors magnified as the title says), numbered in acquisition order, red where "
+        "it is off its neighbour by more than the overlap; right, each piece's error against the target and the readback "
+        "in acquisition order, with its trend: a growing error is a montage running away from its commands.",
+    ),
 }
 
 FIGURE_NAMES = ("hysteresis-x", "hysteresis-y", "overlay-x", "overlay-y", "cross", "repeatability-x",
-                "repeatability-y", "drift", "tilt-alpha", "tilt-beta")
+                "repeatability-y", "drift", "tilt-alpha", "tilt-beta", "montage")
 """Every name :func:`all_figures` can return, in report order."""
 
 
@@ -778,6 +785,131 @@ def figure_tilt(analysis: Analysis, axis: str) -> bytes | None:
     return None if fig is None else _png(fig)
 
 
+# --------------------------------------------------------------------------- montage
+
+
+def _nice_factor(value: float) -> int:
+    """The largest of 1, 2, 5, 10, 20, 50, ... not above `value` (at least 1)."""
+    if not value > 1:
+        return 1
+    exponent = 10 ** int(np.floor(np.log10(value)))
+    return int(max(f * exponent for f in (1, 2, 5) if f * exponent <= value))
+
+
+MONTAGE_DRAWN_ERROR = 0.25
+"""The largest piece error is drawn at most this fraction of a piece's cell long (when it is smaller)."""
+
+
+def _draw_montage(analysis: Analysis) -> Figure | None:
+    result = getattr(analysis, "montage", None)
+    if result is None or not result.oriented:
+        return None
+    transform = analysis.transform
+    pixel = result.pixel_size_nm
+    rows, columns = result.frame_shape
+    overlap_px = result.overlap_px if result.overlap_px is not None else 0.0
+    # each piece is drawn as its share of the montage: the field less the overlap (commanded cells tile the plane)
+    cell_um = np.array([columns - overlap_px, rows - overlap_px]) * pixel / 1000.0
+    commanded_um = result.field_px * pixel / 1000.0
+    actual_px = -stage_nm_to_image_px(result.actual_nm - result.commanded_nm[0], pixel, transform)
+    offset_um = actual_px * pixel / 1000.0 - commanded_um
+    largest = float(np.nanmax(np.hypot(offset_um[:, 0], offset_um[:, 1]), initial=0.0))
+    factor = _nice_factor(MONTAGE_DRAWN_ERROR * float(cell_um.min()) / largest) if largest > 0 else 1
+    drawn_um = commanded_um + factor * offset_um
+    pairs, misplacement = result.neighbour_errors()
+    overlap = result.overlap_nm
+    failing = set()
+    if overlap is not None:
+        for (a, b), size in zip(pairs, misplacement):
+            if np.isfinite(size) and size > overlap:
+                failing.update((int(a), int(b)))
+
+    fig = Figure(figsize=(12.5, 5.4), layout="constrained")
+    grid = fig.add_gridspec(1, 2, width_ratios=[1, 1.25])
+    ax = fig.add_subplot(grid[0, 0])
+    half = cell_um / 2.0
+    for i in range(len(result.frames)):
+        ax.add_patch(Rectangle(tuple(commanded_um[i] - half), *cell_um, fill=False, edgecolor=_COLOURS["target"],
+                               lw=0.9, ls="--"))
+        if result.placed[i]:
+            colour = _COLOURS["reversal"] if i in failing else _COLOURS["actual"]
+            ax.add_patch(Rectangle(tuple(drawn_um[i] - half), *cell_um, fill=True, facecolor=colour, alpha=0.12,
+                                   edgecolor="none"))
+            ax.add_patch(Rectangle(tuple(drawn_um[i] - half), *cell_um, fill=False, edgecolor=colour, lw=1.4))
+            ax.annotate("", xy=tuple(drawn_um[i]), xytext=tuple(commanded_um[i]),
+                        arrowprops={"arrowstyle": "->", "color": colour, "lw": 1.0})
+            ax.text(*(commanded_um[i] - 0.3 * half), str(i), ha="center", va="center", fontsize=9, color="0.25")
+        else:
+            ax.plot(*commanded_um[i], "x", color=_COLOURS["reversal"], ms=12, mew=2)
+    span = np.concatenate([commanded_um, drawn_um[np.all(np.isfinite(drawn_um), axis=1)]])
+    ax.set_xlim(span[:, 0].min() - 0.7 * cell_um[0], span[:, 0].max() + 0.7 * cell_um[0])
+    ax.set_ylim(span[:, 1].max() + 0.7 * cell_um[1], span[:, 1].min() - 0.7 * cell_um[1])  # rows go down
+    ax.set_aspect("equal")
+    ax.set_xlabel("montage image x (um)")
+    ax.set_ylabel("montage image y (um)")
+    magnified = f"errors magnified {factor} times" if factor > 1 else "errors drawn to scale"
+    ax.set_title(f"{len(result.frames)} pieces, {int(result.placed.sum())} placed; {magnified}\n"
+                 "each piece drawn as its field less the overlap", fontsize=10)
+    handles = [Line2D([], [], color=_COLOURS["target"], ls="--", label="commanded"),
+               Line2D([], [], color=_COLOURS["actual"], label="actual (numbers: acquisition order)")]
+    if failing:
+        handles.append(Line2D([], [], color=_COLOURS["reversal"], label="off a neighbour by\nmore than the overlap"))
+    if not result.placed.all():
+        handles.append(Line2D([], [], ls="none", marker="x", color=_COLOURS["reversal"], mew=2,
+                              label="not placed (no\nregistered overlap)"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
+
+    ax_err = fig.add_subplot(grid[0, 1])
+    order = result.order
+    series = [(result.reported_error_nm, _COLOURS["reported"], "o", "-", "against the readback")]
+    if result.has_target:
+        series.insert(0, (result.error_nm, _COLOURS["actual"], "s", "--", "against the target"))
+    top = 0.0
+    for error, colour, marker, style, label in series:
+        size = np.hypot(error[:, 0], error[:, 1])
+        ax_err.plot(order, size, color=colour, marker=marker, ls=style, lw=1, ms=5, label=label)
+        top = max(top, float(np.nanmax(size, initial=0.0)))
+    growth = getattr(analysis, "metrics", {}).get("montage.growth_nm_per_piece")
+    size = np.hypot(result.commanded_error_nm[1:, 0], result.commanded_error_nm[1:, 1])
+    if growth is not None and growth.measured and np.isfinite(size).sum() >= 2:
+        later = order[1:][np.isfinite(size)]
+        centre = float(np.nanmean(size))
+        ax_err.plot(later, centre + growth.value * (later - later.mean()), color="0.3", ls=":", lw=1.2,
+                    label=f"trend: {growth.value:+.2f} nm per piece")
+    ylim_top = max(top * 1.25, 1.0)
+    overlap_text = ""
+    if overlap is not None:
+        if overlap <= ylim_top * 1.5:
+            ylim_top = max(ylim_top, overlap * 1.1)
+            ax_err.axhline(overlap, color=_COLOURS["reversal"], ls="--", lw=1, label=f"overlap width {overlap:.0f} nm")
+        else:
+            overlap_text = f"; the overlap width, {overlap:.0f} nm, lies far above"
+    ax_err.set_ylim(0, ylim_top)
+    ax_err.set_xlabel("piece, in acquisition order")
+    ax_err.set_ylabel("error relative to the first piece (nm)")
+    ax_err.set_title(f"Error of each piece{overlap_text}", fontsize=10)
+    ax_err.grid(alpha=0.3)
+    _legend_right(ax_err)
+    fig.suptitle(f"{figure_caption('montage')[0]}: where the pieces were sent and where the images show they went",
+                 fontsize=11)
+    return fig
+
+
+def figure_montage(analysis: Analysis) -> bytes | None:
+    """The montage grid, as PNG: commanded and actual piece outlines, and the error per piece.
+
+    Left, every piece's field outline where its commanded position puts it and where
+    the solved position puts it, in the assembled montage image (image axes, rows
+    downwards), the error magnified by a round factor so it shows; pieces off a
+    neighbour by more than the overlap width in red, unplaced pieces crossed. Right,
+    the length of each piece's error against the target and the readback over the
+    acquisition order, the trend of the growth, and the overlap width. ``None``
+    without a montage, or when the stage-to-image orientation is unknown.
+    """
+    fig = _draw_montage(analysis)
+    return None if fig is None else _png(fig)
+
+
 # --------------------------------------------------------------------------- all
 
 
@@ -798,6 +930,7 @@ def draw_figures(analysis: Analysis) -> dict[str, Figure]:
         "drift": lambda: _draw_drift(analysis),
         "tilt-alpha": lambda: _draw_tilt(analysis, "alpha"),
         "tilt-beta": lambda: _draw_tilt(analysis, "beta"),
+        "montage": lambda: _draw_montage(analysis),
     }
     figures = {}
     for name, make in makers.items():

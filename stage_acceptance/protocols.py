@@ -21,22 +21,34 @@ Protocols (``step`` = ``[protocol] step_nm``, ``n`` = ``[protocol] steps``):
     The hysteresis line for a tilt axis: ``tilt_steps`` steps of ``tilt_step_deg`` up
     and down, twice, after approaching 0 from below; the image shift per degree
     (eucentricity) and the tilt backlash.
+``montage``
+    What automation runs: a grid of ``montage_pieces = [columns, rows]`` overlapping
+    fields centred on the origin, ``montage_overlap`` of the field shared by
+    neighbours, visited in serpentine order (row 0 left to right, row 1 right to left,
+    ...). Each visit carries its grid position, which the recording keeps
+    (``montage_piece``) for :mod:`stage_acceptance.montage`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .config import ProtocolConfig
-from .geometry import AXIS_FIELDS, AXIS_UNITS, StagePosition
+from .geometry import AXIS_FIELDS, AXIS_UNITS, StagePosition, StageToImage
 
 
 @dataclass(frozen=True)
 class Visit:
-    """One frame of a protocol: where to go (offset from the origin) and how long to wait."""
+    """One frame of a protocol: where to go (offset from the origin) and how long to wait.
+
+    `piece` is the ``(column, row)`` of a montage piece (None outside a montage).
+    """
 
     offset: StagePosition
     wait_s: float = 0.0
+    piece: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,7 @@ class Protocol:
     visits: tuple[Visit, ...]
 
 
-PROTOCOL_NAMES = ("hysteresis-x", "hysteresis-y", "cross", "dwell", "tilt-alpha", "tilt-beta")
+PROTOCOL_NAMES = ("hysteresis-x", "hysteresis-y", "cross", "dwell", "tilt-alpha", "tilt-beta", "montage")
 """Every protocol, in the order a session runs them."""
 
 FAMILIES = {
@@ -57,6 +69,7 @@ FAMILIES = {
     "coupling": ("cross",),
     "drift": ("dwell",),
     "tilt": ("tilt-alpha", "tilt-beta"),
+    "montage": ("montage",),
     "certification": ("hysteresis-x", "hysteresis-y", "cross", "dwell"),
     "regression": (),
 }
@@ -149,7 +162,73 @@ def dwell(frames: int, interval_s: float) -> Protocol:
     )
 
 
-def build(config: ProtocolConfig, names=PROTOCOL_NAMES) -> list[Protocol]:
+def serpentine(columns: int, rows: int) -> list[tuple[int, int]]:
+    """``(column, row)`` of every piece of a grid in serpentine order.
+
+    Row 0 from column 0 to the last, row 1 back, and so on: each piece is a raster
+    neighbour of the one before.
+    """
+    if columns < 1 or rows < 1:
+        raise ValueError(f"need columns >= 1 and rows >= 1, got {columns} x {rows}")
+    order = []
+    for row in range(rows):
+        line = range(columns) if row % 2 == 0 else range(columns - 1, -1, -1)
+        order += [(column, row) for column in line]
+    return order
+
+
+def montage(columns: int, rows: int, overlap: float, field_nm: float,
+            stage_to_image: StageToImage | None = None) -> Protocol:
+    """A montage: `columns` x `rows` overlapping fields in serpentine order.
+
+    Neighbouring pieces are ``step = field_nm * (1 - overlap)`` apart. Piece
+    ``(column, row)`` is where the assembled montage image has it: columns along the
+    image x (rightwards), rows along the image y (downwards), the grid centred on
+    the origin. The stage carries the specimen, so a field further right is reached
+    by moving the stage the other way: the offset is ``-M^-1 (q_x, q_y)`` for the
+    piece's field centre ``q`` (nm, image axes) and ``M`` the stage-to-image matrix
+    (identity when `stage_to_image` is None: the grid then runs along the stage axes).
+
+    Parameters
+    ----------
+    columns, rows : int
+        Pieces along the image x and y (at least 2 pieces in all).
+    overlap : float
+        Fraction of the field shared by raster neighbours, in (0, 1).
+    field_nm : float
+        Side of the (square) field of view in nm: ``frame_px * pixel_size_nm``.
+    stage_to_image : StageToImage, optional
+        The calibrated stage-to-image rotation and flip.
+
+    Returns
+    -------
+    Protocol
+        ``columns * rows`` visits, each with its ``piece``.
+    """
+    if columns < 1 or rows < 1 or columns * rows < 2:
+        raise ValueError(f"a montage needs at least 2 pieces, got {columns} x {rows}")
+    if not 0 < overlap < 1:
+        raise ValueError(f"overlap must be in (0, 1), got {overlap}")
+    if not (np.isfinite(field_nm) and field_nm > 0):
+        raise ValueError(f"field_nm must be finite and > 0, got {field_nm}")
+    step_nm = field_nm * (1.0 - overlap)
+    inverse = np.linalg.inv((stage_to_image or StageToImage()).matrix())
+    visits = []
+    for column, row in serpentine(columns, rows):
+        field_centre_nm = np.array([column - (columns - 1) / 2.0, row - (rows - 1) / 2.0]) * step_nm
+        x_nm, y_nm = -inverse @ field_centre_nm + 0.0  # + 0.0: no negative zeros in the recording
+        visits.append(Visit(StagePosition(x_nm=float(x_nm), y_nm=float(y_nm)), piece=(column, row)))
+    along = "image axes" if stage_to_image is not None else "stage axes"
+    return Protocol(
+        name="montage",
+        description=(f"montage: {columns} x {rows} pieces, {overlap:.0%} overlap, {step_nm:g} nm apart along the "
+                     f"{along}, serpentine order"),
+        visits=tuple(visits),
+    )
+
+
+def build(config: ProtocolConfig, names=PROTOCOL_NAMES, *, field_nm: float | None = None,
+          stage_to_image: StageToImage | None = None) -> list[Protocol]:
     """The protocols `names` (any order, duplicates ignored), in session order.
 
     Parameters
@@ -158,6 +237,12 @@ def build(config: ProtocolConfig, names=PROTOCOL_NAMES) -> list[Protocol]:
         ``[protocol]`` table of the microscope config.
     names : iterable of str
         Protocol names from :data:`PROTOCOL_NAMES`.
+    field_nm : float, optional
+        Side of the field of view in nm (``frame_px * pixel_size_nm``); the montage
+        needs it.
+    stage_to_image : StageToImage, optional
+        The calibrated stage-to-image transform: the montage grid then follows the
+        image axes.
 
     Returns
     -------
@@ -167,6 +252,8 @@ def build(config: ProtocolConfig, names=PROTOCOL_NAMES) -> list[Protocol]:
     unknown = wanted - set(PROTOCOL_NAMES)
     if unknown:
         raise ValueError(f"unknown protocol(s) {sorted(unknown)}; known: {', '.join(PROTOCOL_NAMES)}")
+    if "montage" in wanted and field_nm is None:
+        raise ValueError("the montage protocol needs the field of view (field_nm = frame_px * pixel_size_nm)")
     makers = {
         "hysteresis-x": lambda: hysteresis_line("x", config.step_nm, config.steps),
         "hysteresis-y": lambda: hysteresis_line("y", config.step_nm, config.steps),
@@ -174,6 +261,7 @@ def build(config: ProtocolConfig, names=PROTOCOL_NAMES) -> list[Protocol]:
         "dwell": lambda: dwell(config.dwell_frames, config.dwell_interval_s),
         "tilt-alpha": lambda: hysteresis_line("alpha", config.tilt_step_deg, config.tilt_steps),
         "tilt-beta": lambda: hysteresis_line("beta", config.tilt_step_deg, config.tilt_steps),
+        "montage": lambda: montage(*config.montage_pieces, config.montage_overlap, field_nm, stage_to_image),
     }
     return [makers[name]() for name in PROTOCOL_NAMES if name in wanted]
 

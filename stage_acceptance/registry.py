@@ -82,13 +82,14 @@ def revisit_groups(session: Session, axis: int) -> list[list[int]]:
     list of list of int
         Each list holds frame indices (in order) with equal recorded targets, all
         reached by a commanded step along `axis` in the same direction; only groups of
-        two or more.
+        two or more. Montage pieces (``montage_piece``) are left out: the montage
+        analysis measures them.
     """
     targets = session.targets_nm()
     commanded = commanded_nm(session)
     groups: dict[tuple, list[int]] = {}
     for frame in range(1, len(session.frames)):
-        if not np.all(np.isfinite(targets[frame])):
+        if not np.all(np.isfinite(targets[frame])) or "montage_piece" in session.frames[frame].extra:
             continue
         delta = commanded[frame] - commanded[frame - 1]
         a, direction = step_axis(delta[:3], delta[3:])

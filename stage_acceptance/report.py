@@ -22,6 +22,7 @@ from .certification import (PAIR_LABELS, VERDICTS, Certificate, Check, Verdict, 
                             format_value)
 from .config import CASES, ConfigError, schema_problem
 from .figures import png_base64
+from .montage import rms_by
 
 RESULTS_SCHEMA = "stage-acceptance/results"
 RESULTS_VERSION = 1
@@ -116,6 +117,63 @@ def notes_lines(analysis: Analysis) -> list[str]:
     return lines
 
 
+def montage_json(analysis: Analysis) -> dict | None:
+    """results key ``montage``: the solved montage, piece by piece and pair by pair.
+
+    None when the session has no montage. Positions and errors are ``[x, y]`` nm in
+    stage axes, errors relative to the first piece (:mod:`stage_acceptance.montage`);
+    ``against`` says what the growth and the neighbour check compare with (the
+    target, or the readback where the recording has no target).
+    """
+    result = getattr(analysis, "montage", None)
+    problem = getattr(analysis, "montage_problem", "")
+    if result is None:
+        return {"problem": problem} if problem else None
+    columns, rows = int(result.column.max()) + 1, int(result.row.max()) + 1
+    neighbours, misplacement = result.neighbour_errors()
+    beyond = result.beyond_overlap()
+    overlap = result.overlap_nm
+    reasons = result.pair_reasons()
+
+    def pair_record(k):
+        a, b = (int(i) for i in result.pairs[k])
+        return {"frames": [int(result.frames[a]), int(result.frames[b])],
+                "pieces": [[int(result.column[a]), int(result.row[a])], [int(result.column[b]), int(result.row[b])]],
+                "registered": bool(result.registrations[k].ok), "used": bool(result.solution.used[k]),
+                "weight": float(result.weights[k]), "measured_nm": result.measured_nm[k],
+                "residual_nm": result.solution.residual_nm[k], "reason": reasons[k] or None}
+
+    def length(vector):
+        return float(np.hypot(*vector))
+
+    return {
+        "grid": [columns, rows],
+        "pieces_total": len(result.frames),
+        "placed": int(result.placed.sum()),
+        "oriented": result.oriented,
+        "against": "target" if result.has_target else "readback",
+        "overlap_nm": overlap,
+        "field_nm": [result.frame_shape[1] * result.pixel_size_nm, result.frame_shape[0] * result.pixel_size_nm],
+        "sigma_unit_weight": result.solution.sigma,
+        "pieces": [
+            {"frame": int(result.frames[i]), "column": int(result.column[i]), "row": int(result.row[i]),
+             "order": i, "placed": bool(result.placed[i]),
+             "target_nm": result.target_nm[i], "reported_nm": result.reported_nm[i],
+             "actual_nm": result.actual_nm[i], "sd_nm": result.sd_nm[i],
+             "error_nm": result.error_nm[i], "reported_error_nm": result.reported_error_nm[i],
+             "error_length_nm": length(result.commanded_error_nm[i]),
+             "error_beyond_overlap": bool(beyond[i])}
+            for i in range(len(result.frames))],
+        "pairs": [pair_record(k) for k in range(len(result.pairs))],
+        "unplaced": [{"frame": frame, "column": column, "row": row} for frame, column, row in result.unplaced()],
+        "neighbours": [{"frames": [int(result.frames[a]), int(result.frames[b])], "misplacement_nm": float(size),
+                        "beyond_overlap": bool(overlap is not None and size > overlap)}
+                       for (a, b), size in zip(neighbours, misplacement)],
+        "rms_by_row_nm": {str(k): v for k, v in rms_by(result.row, result.commanded_error_nm).items()},
+        "rms_by_column_nm": {str(k): v for k, v in rms_by(result.column, result.commanded_error_nm).items()},
+    }
+
+
 def results_json(analysis: Analysis, certificate: Certificate, checks: dict[str, Check], verdict: Verdict, *,
                  microscope: str, holder: str, source: str, session_path: str,
                  tests: dict[str, int], extra: dict | None = None) -> dict:
@@ -178,6 +236,7 @@ def results_json(analysis: Analysis, certificate: Certificate, checks: dict[str,
         "tilt": {name: {"shift_nm_per_deg": m.shift_nm_per_deg, "backlash_deg": m.backlash_deg,
                         "direction": m.direction, "steps": m.steps} for name, m in analysis.tilt.items()},
         "stage_to_image": stage_to_image_json(analysis),
+        "montage": montage_json(analysis),
         "frames": analysis.frames,
         "tests": {key: int(tests.get(key, 0)) for key in ("passed", "failed", "skipped")},
         "checks": {

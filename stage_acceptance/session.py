@@ -179,10 +179,13 @@ MAX_LINE_BYTES = 1 << 16
 MAX_TEXT = 10_000
 """Longest free text (notes); names and paths are shorter (:data:`MAX_NAME`)."""
 MAX_NAME = 1000
+MAX_MONTAGE_INDEX = 9999
+"""Largest column or row of a montage piece (``montage_piece``)."""
 
 _nm = {"type": "number", "minimum": -MAX_POSITION_NM, "maximum": MAX_POSITION_NM}
 _deg = {"type": "number", "minimum": -MAX_TILT_DEG, "maximum": MAX_TILT_DEG}
 _name = {"type": "string", "maxLength": MAX_NAME}
+_piece = {"type": "integer", "minimum": 0, "maximum": MAX_MONTAGE_INDEX}
 
 _position_schema = {
     "type": "object",
@@ -235,10 +238,14 @@ FRAME_SCHEMA = {
         # no calibration to nm is known (a change of it leaves the pair's actual motion unknown).
         "image_shift_raw": {"type": "object", "additionalProperties": False, "required": ["x", "y"],
                             "properties": {"x": _nm, "y": _nm}},
+        # This project's addition: the place of a montage piece in the assembled montage
+        # image (column along image x, row along image y; stage_acceptance.montage).
+        "montage_piece": {"type": "object", "additionalProperties": False, "required": ["column", "row"],
+                          "properties": {"column": _piece, "row": _piece}},
     },
 }
 
-_FRAME_KEYS = set(FRAME_SCHEMA["properties"]) - {"image_shift_nm", "image_shift_raw"}
+_FRAME_KEYS = set(FRAME_SCHEMA["properties"]) - {"image_shift_nm", "image_shift_raw", "montage_piece"}
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -497,7 +504,7 @@ class RecordingWriter:
         The image is a TIFF compressed losslessly (deflate, readable by tifffile and
         Fiji), integer counts in an integer type (:func:`storable`). `target` is None
         where the command is not known (recording-v1 ``null``); `extra` holds further
-        keys of the line (e.g. ``image_shift_nm``), checked against
+        keys of the line (e.g. ``image_shift_nm``, ``montage_piece``), checked against
         :data:`FRAME_SCHEMA` like everything else.
         """
         index = len(self.frames)
@@ -616,7 +623,10 @@ def run_protocols(microscope: Envelope, protocols: Iterable[Protocol], writer: R
             if t0 is None:
                 t0 = now
             image = microscope.acquire()
-            writer.append(time_s=now - t0, target=target, reported=reported, image=image, protocol=protocol.name)
+            extra = None if visit.piece is None else {"montage_piece": {"column": visit.piece[0],
+                                                                        "row": visit.piece[1]}}
+            writer.append(time_s=now - t0, target=target, reported=reported, image=image, protocol=protocol.name,
+                          extra=extra)
             if progress:
                 progress(protocol.name, done, len(steps))
     return writer.finish()

@@ -12,6 +12,7 @@ from hypothesis import settings
 from stage_acceptance.analysis import analyse
 from stage_acceptance.certification import certify
 from stage_acceptance.config import MicroscopeConfig, ProtocolConfig, load_holder, load_microscope
+from stage_acceptance.geometry import StageToImage
 from stage_acceptance.microscope import Envelope
 from stage_acceptance.protocols import FAMILIES, build
 from stage_acceptance.session import RecordingWriter, run_protocols
@@ -38,7 +39,10 @@ def record_on(microscope, directory: Path, protocol: ProtocolConfig, protocols, 
     """Run `protocols` on any microscope behind the holder's envelope, recording to `directory`."""
     meta = {"microscope": microscope.name, "holder": holder, "pixel_size_nm": microscope.pixel_size_nm, **meta}
     writer = RecordingWriter(directory, meta)
-    return run_protocols(Envelope(microscope, load_holder(holder).limits), build(protocol, protocols), writer)
+    s2i = meta.get("stage_to_image")
+    plan = build(protocol, protocols, field_nm=microscope.frame_px * microscope.pixel_size_nm,
+                 stage_to_image=None if s2i is None else StageToImage(s2i["rotation_deg"], s2i["flip_y"]))
+    return run_protocols(Envelope(microscope, load_holder(holder).limits), plan, writer)
 
 
 def record_sim(config: MicroscopeConfig, directory: Path, protocols=FAMILIES["certification"], holder="default"):

@@ -161,7 +161,37 @@ def fake_analysis(transform=StageToImage(), transform_known=True, tilt_backlash_
     return SimpleNamespace(session=session, steps=steps, transform=transform, transform_known=transform_known,
                            actual_positions_nm=actual - actual[0] + targets[0, :2],
                            revisits={"x": revisits(0), "y": revisits(1)},
-                           drift_velocity_nm_per_min=np.array([2.0, 0.0]), tilt=tilt)
+                           drift_velocity_nm_per_min=np.array([2.0, 0.0]), tilt=tilt,
+                           montage=fake_montage(transform, transform_known))
+
+
+MONTAGE_ERRORS_NM = np.array([[0.0, 0.0], [5.0, -3.0], [8.0, 2.0], [-4.0, 6.0]])
+"""Errors of the pieces of the hand-built 2 x 2 montage (serpentine order)."""
+
+
+def fake_montage(transform, oriented=True):
+    """A 2 x 2 montage of 64 px fields, 25 % overlap, whose pieces land :data:`MONTAGE_ERRORS_NM` off."""
+    from stage_acceptance import montage
+    from stage_acceptance.registration import Registration
+
+    step_px = 48.0
+    column, row = np.array([0, 1, 1, 0]), np.array([0, 0, 1, 1])
+    field = np.column_stack([column, row]) * step_px
+    commanded = np.array([np.linalg.solve(transform.matrix(), -f * PIXEL_NM) for f in field])
+    actual = commanded + MONTAGE_ERRORS_NM
+    pairs = montage.overlap_pairs(column, row, field, (FRAME_PX, FRAME_PX))
+    measured = actual[pairs[:, 1]] - actual[pairs[:, 0]]
+    solution = montage.solve_positions(4, pairs, measured, np.ones(len(pairs)), fixed_position_nm=commanded[0])
+    ok = Registration(np.zeros(2), 0.9, 0.25, True, "")
+    errors = montage.piece_errors_nm(solution.positions_nm, commanded)
+    return montage.Montage(
+        frames=np.arange(100, 104), column=column, row=row, target_nm=commanded, reported_nm=commanded,
+        commanded_nm=commanded, actual_nm=solution.positions_nm, sd_nm=solution.sd_nm, error_nm=errors,
+        reported_error_nm=errors, commanded_error_nm=errors, pairs=pairs, registrations=[ok] * len(pairs),
+        measured_nm=measured, weights=np.ones(len(pairs)), solution=solution,
+        field_px=montage.expected_field_px(commanded, PIXEL_NM, transform),
+        overlap_px=montage.overlap_width_px(column, row, field, (FRAME_PX, FRAME_PX)), pixel_size_nm=PIXEL_NM,
+        frame_shape=(FRAME_PX, FRAME_PX), oriented=oriented)
 
 
 @pytest.fixture(scope="module")
@@ -345,6 +375,18 @@ def test_tilt_figure_shows_both_branches_the_reversals_and_the_backlash(drawn):
     assert increasing.get_color() != decreasing.get_color()
     assert increasing.get_linestyle() != decreasing.get_linestyle()
     assert any(label.startswith("first step after") for label in entries)
+
+
+def test_montage_figure_draws_each_piece_off_by_its_magnified_error(drawn):
+    fig = drawn["montage"]
+    # largest error 8.2 nm against 0.48 um cells (64 px less the 16 px overlap, 10 nm pixels): x10
+    assert "errors magnified 10 times" in titles(fig)
+    ax = fig.axes[0]
+    commanded, outline = ax.patches[3], ax.patches[5]  # piece 1: commanded cell, ..., actual outline
+    offset_um = np.subtract(outline.get_xy(), commanded.get_xy())
+    # the field moves against the stage: a stage error of (+5, -3) nm shows as (-5, +3) nm in the image
+    assert offset_um == pytest.approx(10 * np.array([-5.0, 3.0]) / 1000.0)
+    assert set(legend_entries(fig)) >= {"commanded", "actual (numbers: acquisition order)", "against the target"}
 
 
 def test_tilt_figure_says_when_the_backlash_was_not_measured(drawn):

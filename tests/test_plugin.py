@@ -25,7 +25,7 @@ def test_live_run_certifies_writes_report_results_and_recording(suites, tmp_path
     html, results, record = tmp_path / "r.html", tmp_path / "r.json", tmp_path / "rec"
     result = run_suites(suites, f"--microscope={CONFIGS / 'case-a.toml'}", "--html", str(html),
                         "--results-json", str(results), "--record", str(record))
-    result.assert_outcomes(passed=21)
+    result.assert_outcomes(passed=23)
     result.stdout.fnmatch_lines(["*hysteresis-x: moving the stage, 14 frames*",
                                  "case-a, holder 'default': ACCEPTED: case a (Ideal alignment), * within tolerance*"])
     document = json.loads(results.read_text())
@@ -33,7 +33,7 @@ def test_live_run_certifies_writes_report_results_and_recording(suites, tmp_path
     assert document["verdict"] == "accepted" and document["verdict_headline"].startswith("ACCEPTED: case a")
     assert document["certification"]["case"] == "a" and document["certification"]["accepted"] is True
     assert document["source"] == "live" and document["session"] == str(record)
-    assert document["tests"] == {"passed": 21, "failed": 0, "skipped": 0}
+    assert document["tests"] == {"passed": 23, "failed": 0, "skipped": 0}
     assert set(document) >= {"schema", "version", "microscope", "holder", "source", "session", "certification",
                              "pairs", "axes", "coupling", "drift_nm_per_min", "stage_to_image", "frames", "tests"}
     assert set(document["certification"]) >= {"case", "title", "accepted", "reasons"}
@@ -53,11 +53,14 @@ def test_live_run_certifies_writes_report_results_and_recording(suites, tmp_path
     assert set(document["axes"]["y"]) == set(document["axes"]["x"])
     assert set(document["axes"]["x"]) >= {"backlash_nm", "scale_error", "step_scatter_nm", "reported_backlash_nm",
                                           "reported_scale_error", "repeatability_nm"}
-    assert document["frames"] == len(read_recording(record).frames) == 2 * 14 + 25 + 3 + 2 * 14
+    assert document["frames"] == len(read_recording(record).frames) == 2 * 14 + 25 + 3 + 2 * 14 + 9
+    assert document["montage"]["grid"] == [3, 3] and document["montage"]["placed"] == 9
+    assert document["checks"]["montage.neighbour_error_max_nm"]["passed"] is True
     page = html.read_text()
     assert "ACCEPTED: case a (Ideal alignment)" in page
     images = page.count("data:image/png;base64")
     assert images == page.count('<figure id="figure-') >= 8  # every figure once, in the certificate
+    assert page.count('<figure id="figure-montage"') == 1
     # pytest-html writes its environment table first; the report's CSS shows it last
     assert "#environment-header, #environment { order: 2; }" in page
 
@@ -90,9 +93,9 @@ def test_replay_certifies_a_recording_the_same_way(suites, tmp_path):
     # case b is accepted, but its 8 % scale error fails the two scale-error tolerances, so
     # the run is not accepted: the two scale-error tests and the verdict fail
     run_suites(suites, f"--microscope={CONFIGS / 'case-b.toml'}", "--results-json", str(live),
-               "--record", str(record)).assert_outcomes(passed=18, failed=3)
+               "--record", str(record)).assert_outcomes(passed=20, failed=3)
     result = run_suites(suites, "--replay", str(record), "--holder", "default", "--results-json", str(replay))
-    result.assert_outcomes(passed=18, failed=3)
+    result.assert_outcomes(passed=20, failed=3)
     result.stdout.fnmatch_lines(["*NOT ACCEPTED: case b (Misalignment: actual) is accepted, but 2 metric(s) outside "
                                  "tolerance: Scale error, x, Scale error, y*"])
     a, b = json.loads(live.read_text()), json.loads(replay.read_text())
@@ -105,8 +108,24 @@ def test_replay_certifies_a_recording_the_same_way(suites, tmp_path):
 def test_marker_selection_runs_only_the_needed_protocols(suites, tmp_path):
     record = tmp_path / "rec"
     result = run_suites(suites, "-m", "drift", f"--microscope={CONFIGS / 'case-a.toml'}", "--record", str(record))
-    result.assert_outcomes(passed=1, deselected=20)
+    result.assert_outcomes(passed=1, deselected=22)
     assert {f.protocol for f in read_recording(record).frames} == {"dwell"}
+
+
+def test_a_montage_alone_measures_the_montage_and_certifies_nothing(suites, tmp_path):
+    record, results = tmp_path / "rec", tmp_path / "m.json"
+    result = run_suites(suites, "-m", "montage", f"--microscope={CONFIGS / 'montage.toml'}", "--record", str(record),
+                        "--results-json", str(results))
+    result.assert_outcomes(passed=2, deselected=21)
+    result.stdout.fnmatch_lines(["*montage: moving the stage, 9 frames*",
+                                 "*montage of 9 pieces: registering 4 more pair(s) of overlapping pieces (12 in all)*",
+                                 "*NOT CERTIFIED: the certification test was not selected*"])
+    frames = read_recording(record).frames
+    assert {f.protocol for f in frames} == {"montage"} and len(frames) == 9
+    assert all("montage_piece" in f.extra for f in frames)
+    document = json.loads(results.read_text())
+    assert document["verdict"] == "not certified" and document["montage"]["placed"] == 9
+    assert document["checks"]["montage.unplaced_pieces"]["value"] == 0
 
 
 def test_unknown_microscope_lists_the_available_ones(suites):
@@ -133,7 +152,7 @@ def test_a_server_that_does_not_answer_is_a_usage_error_before_collection(suites
 def test_malformed_replay_names_file_and_line(suites, tmp_path):
     record = tmp_path / "rec"
     run_suites(suites, "-m", "drift", f"--microscope={CONFIGS / 'case-a.toml'}",
-               "--record", str(record)).assert_outcomes(passed=1, deselected=20)
+               "--record", str(record)).assert_outcomes(passed=1, deselected=22)
     lines = (record / "frames.jsonl").read_text().splitlines()
     lines[1] = lines[1].replace('"time_s"', '"time"')
     (record / "frames.jsonl").write_text("\n".join(lines) + "\n")
@@ -158,7 +177,7 @@ def test_drift_and_tilt_need_no_calibration(suites, tmp_path):
     for marker, passed in (("drift", 1), ("tilt", 4)):
         results = tmp_path / f"{marker}.json"
         result = run_suites(suites, "-m", marker, f"--microscope={config}", "--results-json", str(results))
-        result.assert_outcomes(passed=passed, deselected=21 - passed)
+        result.assert_outcomes(passed=passed, deselected=23 - passed)
         result.stdout.fnmatch_lines(["*NOT CERTIFIED: the certification test was not selected*"])
         document = json.loads(results.read_text())
         assert document["verdict"] == "not certified" and document["certification"]["case"] is None
@@ -214,7 +233,7 @@ def test_a_plan_the_holder_refuses_is_a_usage_error_and_moves_nothing(suites, tm
     assert not (suites.path / "reports").exists()
     # a selection that does not go that far is not refused
     run_suites(suites, f"--microscope={CONFIGS / 'case-a.toml'}", f"--holder={holder}", "-m", "drift",
-               f"--record={record}").assert_outcomes(passed=1, deselected=20)
+               f"--record={record}").assert_outcomes(passed=1, deselected=22)
 
 
 def test_an_incomplete_recording_never_exits_0(suites, tmp_path):

@@ -759,7 +759,7 @@ def test_pytest_run_against_a_killed_server_writes_an_incomplete_report_and_a_re
                                               "-m", "drift", f"--record={tmp_path / 'rec2'}")
     finally:
         stop_server(restarted)
-    again.assert_outcomes(passed=1, deselected=20)
+    again.assert_outcomes(passed=1, deselected=22)
 
 
 @pytest.mark.parametrize("dtype, wire", [("int8", "int16"), ("uint32", "float64"), ("int64", "float64"),
