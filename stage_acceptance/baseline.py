@@ -40,6 +40,11 @@ WORSE_WHEN = {
     "tilt_shift_nm_per_deg": "larger |value|",
     "tilt_backlash_deg": "larger |value|",
     "pair_rms_nm": "larger |value|",
+    "montage_error_rms_nm": "larger |value|",
+    "montage_reported_error_rms_nm": "larger |value|",
+    "montage_growth_nm_per_piece": "larger |value|",
+    "montage_neighbour_error_max_nm": "larger |value|",
+    "montage_unplaced_pieces": "larger |value|",
 }
 """Which direction is worse, per ``[regression]`` key (every metric of this version is
 an error: the further from zero, the worse the stage). ``"larger value"`` and
@@ -64,6 +69,8 @@ def regression_key(name: str) -> str:
         return "skew_deg"
     if name.startswith("tilt."):
         return "tilt_" + name.rsplit(".", 1)[1]
+    if name.startswith("montage."):
+        return "montage_" + name.split(".", 1)[1]
     return name.rsplit(".", 1)[-1]
 
 

@@ -214,10 +214,16 @@ REGRESSION_KEYS = (
     "tilt_shift_nm_per_deg",
     "tilt_backlash_deg",
     "pair_rms_nm",
+    "montage_error_rms_nm",
+    "montage_reported_error_rms_nm",
+    "montage_growth_nm_per_piece",
+    "montage_neighbour_error_max_nm",
+    "montage_unplaced_pieces",
 )
 """Keys of a holder's optional ``[regression]`` table: the largest change for the worse
 accepted against a baseline, per metric family (both axes alike; ``coupling`` for both
-slopes, ``pair_rms_nm`` for the RMS per step of the three position pairs)."""
+slopes, ``pair_rms_nm`` for the RMS per step of the three position pairs,
+``montage_<metric>`` for ``montage.<metric>``)."""
 
 
 @dataclass(frozen=True)
@@ -463,6 +469,11 @@ _regression_schemas = {
     "tilt_shift_nm_per_deg": _distance,
     "tilt_backlash_deg": _number(0, 90),
     "pair_rms_nm": _distance,
+    "montage_error_rms_nm": _distance,
+    "montage_reported_error_rms_nm": _distance,
+    "montage_growth_nm_per_piece": _distance,
+    "montage_neighbour_error_max_nm": _distance,
+    "montage_unplaced_pieces": _number(0, 10000),
 }
 _limit_schemas = {
     "x_nm": _pair(_signed_distance),
