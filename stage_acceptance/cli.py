@@ -222,9 +222,12 @@ def _import(args) -> int:
     shift = ("calibrated to nm" if plan.image_shift_to_nm is not None else "in SerialEM units (pairs across a "
              "change of it will not be measured; see --image-shift-matrix)")
     has_shift = any(section.image_shift is not None for _, section in plan.frames)
+    montage = ("" if plan.montage is None else
+               f"; a montage of {len(plan.montage.places)} pieces on a {plan.montage.grid[0]} x {plan.montage.grid[1]} "
+               f"grid")
     print(f"stage-acceptance: imported {len(session.frames)} frames of {session.microscope} from "
           f"{len(plan.stacks)} file(s) into {args.out} (pixel {session.pixel_size_nm:g} nm; readback only, target "
-          f"null; image shift {shift if has_shift else 'not recorded'}); analyse with: pytest suites/ "
+          f"null; image shift {shift if has_shift else 'not recorded'}{montage}); analyse with: pytest suites/ "
           f"--replay={args.out}", flush=True)
     return 0
 
