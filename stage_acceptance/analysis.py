@@ -977,10 +977,11 @@ def stage_to_image_of(session: Session, registrations: list[PairRegistration],
         return Transform(given, "calibrated")
     commanded = commanded_nm(session)
     deltas = np.array([commanded[r.moving] - commanded[r.reference] for r in registrations]).reshape(-1, 5)
-    lateral = np.all(deltas[:, 2:] == 0, axis=1) & np.any(deltas[:, :2] != 0, axis=1)
     changes = np.array([(image_shift or {}).get((r.reference, r.moving), (np.zeros(2), ""))[0]
                         for r in registrations], dtype=float).reshape(-1, 2)
     deltas[:, :2] += changes  # NaN where the change is unknown: such a pair is not used
+    # a move of the image by image shift alone (a montage by image shift) orients the image as well
+    lateral = np.all(deltas[:, 2:] == 0, axis=1) & np.any(deltas[:, :2] != 0, axis=1)
     shifts = np.array([r.result.shift_px if r.result.ok else (np.nan, np.nan) for r in registrations],
                       dtype=float).reshape(-1, 2)
     usable = np.flatnonzero(lateral & np.all(np.isfinite(shifts), axis=1) & np.all(np.isfinite(changes), axis=1))

@@ -271,6 +271,23 @@ def test_cli_imports_and_refuses_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "has no recorded target (target: null)" in err
 
 
+def test_a_stage_to_image_calibration_is_written_when_given(tmp_path, capsys):
+    mrc, _ = write_stack(tmp_path)
+    assert main(["import", "serialem", str(mrc), "--out", str(tmp_path / "rec"), "--stage-to-image", "-92.5",
+                 "--flip-y"]) == 0
+    assert "stage-to-image rotation -92.5 deg, flipped as given" in capsys.readouterr().out
+    assert json.loads((tmp_path / "rec" / "session.json").read_text())["stage_to_image"] == {
+        "rotation_deg": -92.5, "flip_y": True}
+    for options, message in ((["--flip-y"], "--flip-y needs --stage-to-image DEG"),
+                             (["--stage-to-image", "nan"], "--stage-to-image nan: needs a finite rotation within "
+                                                           "-+360 deg"),
+                             (["--stage-to-image", "400"], "--stage-to-image 400.0: needs a finite rotation")):
+        assert main(["import", "serialem", str(mrc), "--out", str(tmp_path / "no"), *options]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+        assert not (tmp_path / "no").exists()
+
+
 def test_a_copy_of_the_real_mdoc_without_its_stack_is_refused(tmp_path):
     shutil.copy(SERIALEM_DATA / "test_000.mdoc", tmp_path)
     message = refused(tmp_path, [tmp_path / "test_000.mdoc"], "its image stack is missing")

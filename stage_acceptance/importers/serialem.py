@@ -143,6 +143,8 @@ class ImportPlan:
     pixel_size_nm: float
     image_shift_to_nm: np.ndarray | None
     montage: MontagePlan | None = None
+    stage_to_image: tuple[float, bool] | None = None
+    """``(rotation_deg, flip_y)`` of a calibration given with the import, if any."""
     """The montage among the frames (one at most), if any."""
 
 
@@ -549,6 +551,18 @@ def _matrix(values) -> np.ndarray | None:
     return matrix.reshape(2, 2)
 
 
+def _stage_to_image(given) -> tuple[float, bool] | None:
+    if given is None:
+        return None
+    rotation, flip = given
+    if rotation is None:
+        raise SerialEMImportError("--flip-y needs --stage-to-image DEG: the rotation of the calibration it belongs to")
+    if not math.isfinite(rotation) or abs(rotation) > MAX_TILT_DEG:
+        raise SerialEMImportError(f"--stage-to-image {_short(rotation)}: needs a finite rotation within "
+                                  f"-+{MAX_TILT_DEG:g} deg")
+    return float(rotation), bool(flip)
+
+
 def _check_out(out: Path) -> None:
     if (out / "frames.jsonl").exists() or (out / "session.json").exists():
         raise SerialEMImportError(f"{out}: already holds a recording; choose another --out folder")
@@ -557,7 +571,7 @@ def _check_out(out: Path) -> None:
 
 
 def plan_import(paths: Sequence[str | Path], out: str | Path, *, microscope: str | None = None,
-                image_shift_to_nm=None) -> ImportPlan:
+                image_shift_to_nm=None, stage_to_image: tuple[float | None, bool] | None = None) -> ImportPlan:
     """Read and check everything an import needs, before anything is written.
 
     Parameters
@@ -574,6 +588,10 @@ def plan_import(paths: Sequence[str | Path], out: str | Path, *, microscope: str
         that moves the image as one unit of image shift x (first column) and y (second
         column) does. Without it the image shift is kept in its units
         (``image_shift_raw``).
+    stage_to_image : (float, bool), optional
+        ``(rotation_deg, flip_y)`` of the stage-to-image transform from a calibration
+        (SerialEM's ``.mdoc`` does not record it), written as the recording's
+        ``stage_to_image``; without it the analysis estimates it from the moves.
 
     Returns
     -------
@@ -589,6 +607,7 @@ def plan_import(paths: Sequence[str | Path], out: str | Path, *, microscope: str
     out = Path(out)
     _check_out(out)
     matrix = _matrix(image_shift_to_nm)
+    transform = _stage_to_image(stage_to_image)
     stacks: list[Stack] = []
     seen: dict[Path, str] = {}
     for path in paths:
@@ -620,7 +639,8 @@ def plan_import(paths: Sequence[str | Path], out: str | Path, *, microscope: str
         raise SerialEMImportError(f"--microscope '{_short(name)}': a name of 1 to 200 characters without control "
                                   f"characters")
     return ImportPlan(stacks=tuple(stacks), frames=tuple(frames), microscope=name,
-                      pixel_size_nm=frames[0][1].pixel_nm, image_shift_to_nm=matrix, montage=plan_montage(stacks))
+                      pixel_size_nm=frames[0][1].pixel_nm, image_shift_to_nm=matrix, montage=plan_montage(stacks),
+                      stage_to_image=transform)
 
 
 # --------------------------------------------------------------------------- writing
@@ -721,6 +741,8 @@ def write_import(plan: ImportPlan, out: str | Path, *,
             "from": "SerialEM", "files": [stack.mrc.name for stack in plan.stacks][:100],
             "first_frame_local_time": first.isoformat(), "image_shift": calibration}},
     }
+    if plan.stage_to_image is not None:
+        meta["stage_to_image"] = {"rotation_deg": plan.stage_to_image[0], "flip_y": plan.stage_to_image[1]}
     montage = plan.montage
     if montage is not None:
         rows, columns = plan.stacks[montage.stack].shape
@@ -755,8 +777,10 @@ def write_import(plan: ImportPlan, out: str | Path, *,
 
 
 def import_serialem(paths: Sequence[str | Path], out: str | Path, *, microscope: str | None = None,
-                    image_shift_to_nm=None, progress: Callable[[int, int], None] | None = None) -> Session:
+                    image_shift_to_nm=None, stage_to_image: tuple[float | None, bool] | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> Session:
     """Import SerialEM stacks as one recording-v1 folder: :func:`plan_import`, then
     :func:`write_import`. See :func:`plan_import` for the parameters."""
-    plan = plan_import(paths, out, microscope=microscope, image_shift_to_nm=image_shift_to_nm)
+    plan = plan_import(paths, out, microscope=microscope, image_shift_to_nm=image_shift_to_nm,
+                       stage_to_image=stage_to_image)
     return write_import(plan, out, progress=progress)
