@@ -106,6 +106,16 @@ def test_two_results_documents_are_compared_metric_by_metric():
     json.dumps(section, allow_nan=False)
 
 
+def test_montage_metrics_measured_in_both_runs_are_left_out_of_the_comparison():
+    # they have no [regression] key and no direction of worse: comparing them used to raise KeyError
+    before, after = _results(0.5, [-1.0, 2.0]), _results(0.7, [-1.0, 2.4])
+    for document, value in ((before, 30.0), (after, 45.0)):
+        document["checks"]["montage.error_rms_nm"] = {"value": value, "ci95": [value - 5, value + 5], "unit": "nm"}
+    comparison = compare_results(before, after, load_holder("default").regression, source="before.json")
+    assert set(comparison.metrics) == {"x.backlash_nm", "pairs.target_actual.rms_nm"}
+    assert not any(name.startswith("montage.") for name in COMPARED_METRICS)
+
+
 def test_a_results_json_is_read_back_with_types_and_bounds(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps(_results(1.0, [0.0, 2.0])))
