@@ -822,7 +822,9 @@ def montage_metrics(result: montage.Montage | None, why_not: str = "") -> dict[s
       raster neighbours (against the commanded positions): beyond the overlap width
       their fields no longer overlap and stitching fails there.
     - ``unplaced_pieces``: how many pieces no registered pair connects to the first
-      piece (the overlap graph is disconnected): the montage cannot place them.
+      piece (the overlap graph is disconnected): the montage cannot stitch them. A pair
+      whose stage displacement is unknown (an uncalibrated image-shift change) still
+      ties its pieces together; the metrics that need the displacement say so.
 
     Parameters
     ----------
@@ -834,8 +836,12 @@ def montage_metrics(result: montage.Montage | None, why_not: str = "") -> dict[s
     names = [f"montage.{name}" for name in MONTAGE_METRICS]
     if result is None:
         return {name: not_measured(why_not or "the session has no montage") for name in names}
+    unknown = ""
+    if result.stage_unknown:
+        unknown = (f"; {len(result.stage_unknown)} registered pair(s) of pieces have no known stage displacement "
+                   f"({next(iter(result.stage_unknown.values()))})")
     if not result.oriented:
-        why = "needs the stage-to-image orientation, which is unknown"
+        why = "needs the stage-to-image orientation, which is unknown" + unknown
         return {name: not_measured(why) for name in names}
     noun = "pieces besides the first placed by registered pairs"
     metrics = {}
@@ -858,6 +864,11 @@ def montage_metrics(result: montage.Montage | None, why_not: str = "") -> dict[s
         ci = intervals.t_interval(slope, se, dof) if dof > 0 and np.isfinite(se) else None
         metrics["montage.growth_nm_per_piece"] = Measurement(slope, ci, evidence, "t" if ci else "")
     metrics["montage.neighbour_error_max_nm"] = _neighbour_measurement(result)
+    if unknown:
+        for name in ("montage.error_rms_nm", "montage.reported_error_rms_nm", "montage.growth_nm_per_piece",
+                     "montage.neighbour_error_max_nm"):
+            if not metrics[name].measured and "target null" not in metrics[name].reason:
+                metrics[name] = dataclasses.replace(metrics[name], reason=metrics[name].reason + unknown)
     unplaced = float(len(result.unplaced()))
     metrics["montage.unplaced_pieces"] = Measurement(unplaced, (unplaced, unplaced),
                                                      {"pieces": int(len(result.frames))}, "count")
@@ -966,10 +977,11 @@ def stage_to_image_of(session: Session, registrations: list[PairRegistration],
         return Transform(given, "calibrated")
     commanded = commanded_nm(session)
     deltas = np.array([commanded[r.moving] - commanded[r.reference] for r in registrations]).reshape(-1, 5)
-    lateral = np.all(deltas[:, 2:] == 0, axis=1) & np.any(deltas[:, :2] != 0, axis=1)
     changes = np.array([(image_shift or {}).get((r.reference, r.moving), (np.zeros(2), ""))[0]
                         for r in registrations], dtype=float).reshape(-1, 2)
     deltas[:, :2] += changes  # NaN where the change is unknown: such a pair is not used
+    # a move of the image by image shift alone (a montage by image shift) orients the image as well
+    lateral = np.all(deltas[:, 2:] == 0, axis=1) & np.any(deltas[:, :2] != 0, axis=1)
     shifts = np.array([r.result.shift_px if r.result.ok else (np.nan, np.nan) for r in registrations],
                       dtype=float).reshape(-1, 2)
     usable = np.flatnonzero(lateral & np.all(np.isfinite(shifts), axis=1) & np.all(np.isfinite(changes), axis=1))
@@ -1276,10 +1288,13 @@ def analyse(session: Session, *, jobs: int | None = None, progress: Callable[[st
 
     grid, montage_problem = montage.piece_grid(session)
     solved = None
+    registered = {pair: result.ok for pair, result in results.items()}
     if grid is not None:
-        solved, montage_failed = _solve_montage(session, grid, results, s2i, say, jobs=jobs, progress=pairs_progress,
-                                                prepare=prepare, register=register)
+        solved, montage_failed, montage_shift, montage_found = _solve_montage(
+            session, grid, results, s2i, say, jobs=jobs, progress=pairs_progress, prepare=prepare, register=register)
         failed += montage_failed
+        image_shift = {**montage_shift, **image_shift}
+        registered.update({pair: result.ok for pair, result in montage_found.items()})
     metrics.update(montage_metrics(solved, montage_problem))
 
     start = commanded_nm(session)[0, :2]
@@ -1294,8 +1309,7 @@ def analyse(session: Session, *, jobs: int | None = None, progress: Callable[[st
         revisits=revisits,
         failed=failed,
         tilt=tilt,
-        image_shift=image_shift_summary(shift_nm, shift_raw, image_shift,
-                                        {pair: result.ok for pair, result in results.items()}),
+        image_shift=image_shift_summary(shift_nm, shift_raw, image_shift, registered),
         readback_quantum=readback_quanta(session.reported_nm(), session.targets_nm()),
         across_tilt=sorted(across_tilt, key=lambda pair: (pair[1], pair[0])),
         montage=solved,
@@ -1304,20 +1318,39 @@ def analyse(session: Session, *, jobs: int | None = None, progress: Callable[[st
 
 
 def _solve_montage(session: Session, grid: montage.MontageGrid, results: dict, s2i: Transform, say, *,
-                   jobs, progress, prepare, register) -> tuple[montage.Montage, list[str]]:
+                   jobs, progress, prepare, register) -> tuple[montage.Montage, list[str], dict, dict]:
     """Register the pairs of overlapping montage pieces the plan has not, and solve the montage.
 
     Pairs registered before (consecutive pieces) are used as they are, unless the
     transform was estimated after they were registered without a prior and they failed:
     those are registered again with the estimated transform's prior, as are the new
-    pairs. Returns the montage and the pairs that could not be registered.
+    pairs. The change of the image shift between two pieces moves the image without
+    moving the stage: it is in each pair's prior and is subtracted from its registered
+    motion (:func:`image_shift_change_nm`, as for the lateral metrics); where it is
+    unknown the pair's stage displacement is unknown, with the reason. Each piece's field
+    is placed by its commanded position plus its image shift.
+
+    Returns
+    -------
+    montage : Montage
+    failed : list of str
+        The new pairs that could not be registered.
+    image_shift : dict
+        ``(reference, moving) -> (change_nm, reason)`` of every montage pair.
+    registered : dict
+        ``(reference, moving) -> Registration`` of every montage pair.
     """
     known = s2i.status != "unknown"
     transform = s2i.value
     commanded = commanded_nm(session)[grid.frames, :2]
-    field_px = montage.expected_field_px(commanded, session.pixel_size_nm, transform)
+    shift_nm, shift_raw = session.image_shifts()
+    first = int(grid.frames[0])
+    piece_shift = np.array([image_shift_change_nm(shift_nm, shift_raw, first, int(frame))[0]
+                            for frame in grid.frames]).reshape(-1, 2)
+    field_px = montage.expected_field_px(commanded + piece_shift, session.pixel_size_nm, transform)
     pairs = montage.overlap_pairs(grid.column, grid.row, field_px, session.frame_shape)
     frame_pairs = [(int(grid.frames[a]), int(grid.frames[b])) for a, b in pairs]
+    changes = {pair: image_shift_change_nm(shift_nm, shift_raw, *pair) for pair in frame_pairs}
     again = s2i.status == "estimated"
     todo = [pair for pair in frame_pairs if pair not in results or (again and not results[pair].ok)]
     found = {pair: results[pair] for pair in frame_pairs if pair in results}
@@ -1325,10 +1358,17 @@ def _solve_montage(session: Session, grid: montage.MontageGrid, results: dict, s
         say(f"montage of {len(grid)} pieces: registering {len(todo)} more pair(s) of overlapping pieces "
             f"({len(frame_pairs)} in all)")
         found.update(register_all(session, todo, transform if known else None, jobs=jobs, progress=progress,
-                                  prepare=prepare, register=register))
+                                  prepare=prepare, register=register,
+                                  image_shift_nm={pair: changes[pair][0] for pair in todo}))
     registrations = [found[pair] for pair in frame_pairs]
-    measured = montage.pair_displacements_nm(registrations, session.pixel_size_nm, transform)
-    solved = montage.analyse_montage(session, grid, pairs, registrations, measured, transform, oriented=known)
+    change = np.array([changes[pair][0] for pair in frame_pairs], dtype=float).reshape(-1, 2)
+    measured = montage.pair_displacements_nm(registrations, session.pixel_size_nm, transform, change)
+    unknown = {k: changes[pair][1] for k, pair in enumerate(frame_pairs) if changes[pair][1] and found[pair].ok}
+    solved = montage.analyse_montage(session, grid, pairs, registrations, measured, transform, oriented=known,
+                                     image_shift_nm=piece_shift, stage_unknown=unknown)
     failed = [f"frames {ref}->{mov} (montage pieces): {found[(ref, mov)].reason}" for ref, mov in todo
               if (ref, mov) not in results and not found[(ref, mov)].ok]
-    return solved, failed
+    if solved.moved_by in ("image shift", "stage and image shift"):
+        say(f"montage moved by {solved.moved_by}: the image-shift change of each pair is subtracted from its "
+            f"registered motion" + (f"; {len(unknown)} pair(s) of unknown image-shift change" if unknown else ""))
+    return solved, failed, changes, {pair: found[pair] for pair in frame_pairs}

@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
                           help="calibration of SerialEM's image-shift units: the stage move in nm (x, y) that moves "
                                "the image as one unit of image shift x (XX, YX) and y (XY, YY) does; without it the "
                                "image shift is kept in its units and pairs across a change of it are not measured")
+    serialem.add_argument("--stage-to-image", type=float, default=None, metavar="DEG",
+                          help="the stage-to-image rotation from a calibration (degrees, within -+360), written as "
+                               "the recording's stage_to_image; without it the analysis estimates it from the moves")
+    serialem.add_argument("--flip-y", action="store_true",
+                          help="with --stage-to-image: the image y axis is flipped against the stage's")
     history = commands.add_parser("history", help="list the recorded certifications, or write their trends page")
     history.add_argument("--history", default=None, metavar="URL|PATH",
                          help="the history database (default: reports/history.sqlite)")
@@ -212,7 +217,9 @@ def _keys(args) -> int:
 def _import(args) -> int:
     from .importers.serialem import plan_import, write_import
 
-    plan = plan_import(args.files, args.out, microscope=args.microscope, image_shift_to_nm=args.image_shift_matrix)
+    plan = plan_import(args.files, args.out, microscope=args.microscope, image_shift_to_nm=args.image_shift_matrix,
+                       stage_to_image=(None if args.stage_to_image is None and not args.flip_y
+                                       else (args.stage_to_image, args.flip_y)))
     try:
         session = write_import(plan, args.out)
     except KeyboardInterrupt:
@@ -222,9 +229,15 @@ def _import(args) -> int:
     shift = ("calibrated to nm" if plan.image_shift_to_nm is not None else "in SerialEM units (pairs across a "
              "change of it will not be measured; see --image-shift-matrix)")
     has_shift = any(section.image_shift is not None for _, section in plan.frames)
+    montage = ("" if plan.montage is None else
+               f"; a montage of {len(plan.montage.places)} pieces on a {plan.montage.grid[0]} x {plan.montage.grid[1]} "
+               f"grid")
+    if plan.stage_to_image is not None:
+        montage += (f"; stage-to-image rotation {plan.stage_to_image[0]:g} deg"
+                    f"{', flipped' if plan.stage_to_image[1] else ''} as given")
     print(f"stage-acceptance: imported {len(session.frames)} frames of {session.microscope} from "
           f"{len(plan.stacks)} file(s) into {args.out} (pixel {session.pixel_size_nm:g} nm; readback only, target "
-          f"null; image shift {shift if has_shift else 'not recorded'}); analyse with: pytest suites/ "
+          f"null; image shift {shift if has_shift else 'not recorded'}{montage}); analyse with: pytest suites/ "
           f"--replay={args.out}", flush=True)
     return 0
 

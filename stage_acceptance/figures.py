@@ -802,8 +802,8 @@ MONTAGE_DRAWN_ERROR = 0.25
 
 def _draw_montage(analysis: Analysis) -> Figure | None:
     result = getattr(analysis, "montage", None)
-    if result is None or not result.oriented:
-        return None
+    if result is None or not result.oriented or not np.all(np.isfinite(result.field_px)):
+        return None  # no orientation, or an image shift of unknown size: the fields cannot be placed
     transform = analysis.transform
     pixel = result.pixel_size_nm
     rows, columns = result.frame_shape
@@ -811,7 +811,9 @@ def _draw_montage(analysis: Analysis) -> Figure | None:
     # each piece is drawn as its share of the montage: the field less the overlap (commanded cells tile the plane)
     cell_um = np.array([columns - overlap_px, rows - overlap_px]) * pixel / 1000.0
     commanded_um = result.field_px * pixel / 1000.0
-    actual_px = -stage_nm_to_image_px(result.actual_nm - result.commanded_nm[0], pixel, transform)
+    # a field lies where the stage and the image shift put it
+    actual_px = -stage_nm_to_image_px(result.actual_nm + result.image_shift_nm - result.commanded_nm[0], pixel,
+                                      transform)
     offset_um = actual_px * pixel / 1000.0 - commanded_um
     largest = float(np.nanmax(np.hypot(offset_um[:, 0], offset_um[:, 1]), initial=0.0))
     factor = _nice_factor(MONTAGE_DRAWN_ERROR * float(cell_um.min()) / largest) if largest > 0 else 1
@@ -848,7 +850,8 @@ def _draw_montage(analysis: Analysis) -> Figure | None:
     ax.set_xlabel("montage image x (um)")
     ax.set_ylabel("montage image y (um)")
     magnified = f"errors magnified {factor} times" if factor > 1 else "errors drawn to scale"
-    ax.set_title(f"{len(result.frames)} pieces, {int(result.placed.sum())} placed; {magnified}\n"
+    moved = "" if result.moved_by == "stage" else f", moved by {result.moved_by}"
+    ax.set_title(f"{len(result.frames)} pieces{moved}, {int(result.placed.sum())} placed; {magnified}\n"
                  "each piece drawn as its field less the overlap", fontsize=10)
     handles = [Line2D([], [], color=_COLOURS["target"], ls="--", label="commanded"),
                Line2D([], [], color=_COLOURS["actual"], label="actual (numbers: acquisition order)")]

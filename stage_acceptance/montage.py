@@ -8,16 +8,21 @@ along the image y, downwards). The analysis:
 
 1. :func:`piece_grid` reads the pieces of a session (one montage per session).
 2. :func:`expected_field_px` places every piece's field where its commanded position
-   (the target; the readback where the recording has none) puts it, and
-   :func:`overlap_pairs` lists the pairs of pieces whose fields overlap there: every
-   raster neighbour, and any other pair sharing at least :data:`MIN_PAIR_OVERLAP` of
-   the field (diagonal neighbours at a large overlap). The analysis registers each
-   pair (:mod:`stage_acceptance.registry`).
-3. :func:`solve_positions` finds the piece positions that best explain the registered
-   displacements, by weighted least squares over the overlap graph with the first
-   piece fixed (:func:`pair_weights`); untrusted pairs are left out, a pair that
-   disagrees with the rest of the graph by more than :data:`MAX_RESIDUAL_PX` is
+   (the target; the readback where the recording has none) and its image shift put it,
+   and :func:`overlap_pairs` lists the pairs of pieces whose fields overlap there:
+   every raster neighbour, and any other pair sharing at least
+   :data:`MIN_PAIR_OVERLAP` of the field (diagonal neighbours at a large overlap). The
+   analysis registers each pair (:mod:`stage_acceptance.registry`), and
+   :func:`pair_displacements_nm` turns each registration into the stage's
+   displacement: the image motion less the change of the image shift, which moves the
+   image without moving the stage (unknown where that change is).
+3. :func:`solve_positions` finds the stage positions of the pieces that best explain
+   the registered displacements, by weighted least squares over the overlap graph with
+   the first piece fixed (:func:`pair_weights`); untrusted pairs are left out, a pair
+   that disagrees with the rest of the graph by more than :data:`MAX_RESIDUAL_PX` is
    dropped, and pieces not connected to the first are left unplaced.
+   :func:`montage_motion` says what moved the pieces apart: the stage, the image shift
+   (a SerialEM montage by image shift: the stage is meant to stand still), or both.
 4. :func:`piece_errors_nm` gives each piece's error against the commanded and
    reported positions (relative to the first piece), :func:`neighbour_errors_nm` the
    difference of the errors of raster neighbours, which is what breaks stitching when
@@ -57,6 +62,11 @@ within a tenth of a pixel."""
 
 CONFIDENCE_CLIP = (0.01, 0.99)
 """Range the registration confidence is clipped to in :func:`pair_weights`."""
+
+MOVED_FRACTION = 0.1
+"""A piece counts as moved by the stage (or the image shift) when its commanded stage
+position (or image shift) lies more than this fraction of the field's side from the
+first piece's (:func:`montage_motion`)."""
 
 
 # --------------------------------------------------------------------------- the grid
@@ -209,15 +219,18 @@ def overlap_width_px(column, row, field_px, frame_shape) -> float | None:
     The smaller of the median overlap of horizontal neighbours (columns minus their
     offset along the image x) and of vertical ones (rows minus the offset along y):
     the most a piece may be off relative to its neighbour before the two fields no
-    longer overlap. None for a grid without raster neighbours.
+    longer overlap. Neighbours whose offset is unknown (NaN: an image shift of unknown
+    size) are left out; None when no raster neighbours are left.
     """
     row = np.asarray(row, dtype=int)
     field = np.asarray(field_px, dtype=float).reshape(-1, 2)
     rows, columns = frame_shape
     pairs = raster_neighbours(column, row)
+    offset = np.abs(field[pairs[:, 1]] - field[pairs[:, 0]])
+    known = np.all(np.isfinite(offset), axis=1)
+    pairs, offset = pairs[known], offset[known]
     if len(pairs) == 0:
         return None
-    offset = np.abs(field[pairs[:, 1]] - field[pairs[:, 0]])
     horizontal = row[pairs[:, 0]] == row[pairs[:, 1]]
     widths = [float(np.median(size - offset[along, k])) for k, (size, along)
               in enumerate(((columns, horizontal), (rows, ~horizontal))) if along.any()]
@@ -501,6 +514,46 @@ def rms_by(labels, error_nm) -> dict[int, float]:
     return out
 
 
+def montage_motion(stage_nm, image_shift_nm, field_nm: float, moved_fraction: float = MOVED_FRACTION) -> str:
+    """What moved the pieces of a montage apart: the stage, the image shift, or both.
+
+    SerialEM takes a montage by stage moves or by image shift (the stage stands still
+    and the beam is shifted from piece to piece), or in blocks of image shift joined by
+    stage moves. A piece moved by the stage when its commanded stage position lies
+    more than ``moved_fraction * field_nm`` from the first piece's; by the image shift
+    when its image shift does, or changed by an unknown amount (NaN).
+
+    Parameters
+    ----------
+    stage_nm : ndarray, (n, 2)
+        Commanded stage positions (the target; the readback where there is none).
+    image_shift_nm : ndarray, (n, 2)
+        Each piece's image shift relative to the first piece's (stage nm that move the
+        image alike; NaN where its change is unknown).
+    field_nm : float
+        The field's shorter side.
+    moved_fraction : float
+
+    Returns
+    -------
+    str
+        ``"stage"``, ``"image shift"``, ``"stage and image shift"``, or ``"neither"``
+        (every piece at the first one's place).
+    """
+    stage = np.asarray(stage_nm, dtype=float).reshape(-1, 2)
+    shift = np.asarray(image_shift_nm, dtype=float).reshape(-1, 2)
+    if len(stage) != len(shift):
+        raise ValueError(f"stage_nm and image_shift_nm must have one row per piece, got {len(stage)} and {len(shift)}")
+    if not field_nm > 0:
+        raise ValueError(f"field_nm must be > 0, got {field_nm}")
+    limit = moved_fraction * field_nm
+    moved_stage = bool(np.any(np.hypot(*(stage - stage[0]).T) > limit))
+    length = np.hypot(shift[:, 0], shift[:, 1])
+    moved_shift = bool(np.any(~np.isfinite(length) | (length > limit)))
+    return {(True, False): "stage", (False, True): "image shift", (True, True): "stage and image shift",
+            (False, False): "neither"}[(moved_stage, moved_shift)]
+
+
 # --------------------------------------------------------------------------- a session's montage
 
 
@@ -539,6 +592,15 @@ class Montage:
     oriented : bool
         Whether the stage-to-image orientation is known (calibrated or estimated);
         without it positions are in image axes and nothing is compared with a command.
+    image_shift_nm : ndarray, (n, 2)
+        Each piece's image shift relative to the first piece's (stage nm that move the
+        image alike; 0 without image shift, NaN where its change is unknown). A piece's
+        field is where its commanded stage position plus this puts it.
+    stage_unknown : dict
+        Pair index -> why its stage displacement is unknown although it registered
+        (the image shift changed by an amount not known in nm).
+    moved_by : str
+        :func:`montage_motion`.
     """
 
     frames: np.ndarray
@@ -562,6 +624,13 @@ class Montage:
     pixel_size_nm: float
     frame_shape: tuple[int, int]
     oriented: bool
+    image_shift_nm: np.ndarray | None = None
+    stage_unknown: dict = field(default_factory=dict)
+    moved_by: str = "stage"
+
+    def __post_init__(self):
+        if self.image_shift_nm is None:
+            self.image_shift_nm = np.zeros((len(self.frames), 2))
 
     @property
     def overlap_nm(self) -> float | None:
@@ -596,16 +665,32 @@ class Montage:
                 reasons.append(f"not registered: {result.reason}")
             elif k in self.solution.dropped:
                 reasons.append(self.solution.dropped[k])
+            elif k in self.stage_unknown:
+                reasons.append(f"registered, but its stage displacement is unknown: {self.stage_unknown[k]}")
             elif not np.all(np.isfinite(self.measured_nm[k])):
                 reasons.append("its stage displacement is not known")
             else:
                 reasons.append("not connected to the first piece")
         return reasons
 
+    def connected(self) -> np.ndarray:
+        """Whether each piece is tied to the first by registered overlaps (pairs not
+        dropped as wrong matches): what stitching needs, whether or not the stage
+        displacement of those pairs is known."""
+        n = len(self.frames)
+        good = np.array([r.ok for r in self.registrations], dtype=bool).reshape(-1)
+        good &= ~np.isin(np.arange(len(self.pairs)), list(self.solution.dropped))
+        graph = csr_matrix((np.ones(int(good.sum())), (self.pairs[good, 0], self.pairs[good, 1])), shape=(n, n))
+        _, label = connected_components(graph, directed=False)
+        return label == label[0]
+
     def unplaced(self) -> list[tuple[int, int, int]]:
-        """``(frame, column, row)`` of every piece not connected to the first piece."""
+        """``(frame, column, row)`` of every piece no registered overlap ties to the
+        first piece (:meth:`connected`): the montage cannot stitch it. A piece tied to
+        the first only by pairs of unknown stage displacement is stitched, but has no
+        solved position (``placed`` False)."""
         return [(int(self.frames[i]), int(self.column[i]), int(self.row[i]))
-                for i in np.flatnonzero(~self.solution.placed)]
+                for i in np.flatnonzero(~self.connected())]
 
     def neighbour_errors(self) -> tuple[np.ndarray, np.ndarray]:
         """:func:`neighbour_errors_nm` of the errors against the commanded positions."""
@@ -619,7 +704,8 @@ class Montage:
 
 
 def analyse_montage(session: Session, grid: MontageGrid, pairs: np.ndarray, registrations: list[Registration],
-                    measured_nm: np.ndarray, transform: StageToImage, *, oriented: bool) -> Montage:
+                    measured_nm: np.ndarray, transform: StageToImage, *, oriented: bool,
+                    image_shift_nm: np.ndarray | None = None, stage_unknown: dict | None = None) -> Montage:
     """Solve a session's montage from its registered pairs.
 
     Parameters
@@ -634,11 +720,17 @@ def analyse_montage(session: Session, grid: MontageGrid, pairs: np.ndarray, regi
         ``grid.frames[b]``.
     measured_nm : ndarray, (m, 2)
         Each pair's stage displacement from its registration (nm, stage axes; NaN where
-        not known).
+        not known): :func:`pair_displacements_nm`.
     transform : StageToImage
         The stage-to-image transform the analysis uses.
     oriented : bool
         Whether `transform` is known (calibrated or estimated).
+    image_shift_nm : ndarray, (n, 2), optional
+        Each piece's image shift relative to the first piece's (NaN where unknown);
+        default none.
+    stage_unknown : dict, optional
+        Pair index -> why its stage displacement is unknown (e.g. an uncalibrated
+        image-shift change).
 
     Returns
     -------
@@ -659,7 +751,8 @@ def analyse_montage(session: Session, grid: MontageGrid, pairs: np.ndarray, regi
     solution = solve_positions(len(frames), pairs, measured, weights, fixed=0, fixed_position_nm=commanded[0],
                                max_residual_nm=MAX_RESIDUAL_PX * session.pixel_size_nm)
     actual = solution.positions_nm
-    field_px = expected_field_px(commanded, session.pixel_size_nm, transform)
+    shift = np.zeros((len(frames), 2)) if image_shift_nm is None else np.asarray(image_shift_nm, dtype=float)
+    field_px = expected_field_px(commanded + shift, session.pixel_size_nm, transform)
     return Montage(
         frames=frames, column=grid.column, row=grid.row,
         target_nm=target, reported_nm=reported, commanded_nm=commanded,
@@ -670,11 +763,39 @@ def analyse_montage(session: Session, grid: MontageGrid, pairs: np.ndarray, regi
         solution=solution, field_px=field_px,
         overlap_px=overlap_width_px(grid.column, grid.row, field_px, (rows, columns)),
         pixel_size_nm=session.pixel_size_nm, frame_shape=(rows, columns), oriented=oriented,
+        image_shift_nm=shift, stage_unknown=dict(stage_unknown or {}),
+        moved_by=montage_motion(commanded, shift, min(rows, columns) * session.pixel_size_nm),
     )
 
 
-def pair_displacements_nm(registrations: list[Registration], pixel_size_nm: float,
-                          transform: StageToImage) -> np.ndarray:
-    """Stage displacement of each registered pair (nm, stage axes; NaN where not registered)."""
+def pair_displacements_nm(registrations: list[Registration], pixel_size_nm: float, transform: StageToImage,
+                          image_shift_change_nm=None) -> np.ndarray:
+    """Stage displacement of each registered pair: its image motion less the change of the image shift.
+
+    The image shift moves the image without moving the stage, so, as for the lateral
+    metrics (:func:`stage_acceptance.analysis.image_shift_change_nm`), the stage moved
+    by the registered displacement in stage nm minus the change of the image shift
+    between the two frames.
+
+    Parameters
+    ----------
+    registrations : list of Registration
+    pixel_size_nm : float
+    transform : StageToImage
+    image_shift_change_nm : array_like, (m, 2), optional
+        Change of the image shift of each pair (stage nm; NaN where unknown). Default:
+        none.
+
+    Returns
+    -------
+    ndarray, (m, 2)
+        nm, stage axes; NaN where not registered or the image-shift change is unknown.
+    """
     shift = np.array([r.shift_px if r.ok else (np.nan, np.nan) for r in registrations], dtype=float).reshape(-1, 2)
-    return image_px_to_stage_nm(shift, pixel_size_nm, transform).reshape(-1, 2)
+    moved = image_px_to_stage_nm(shift, pixel_size_nm, transform).reshape(-1, 2)
+    if image_shift_change_nm is None:
+        return moved
+    change = np.asarray(image_shift_change_nm, dtype=float).reshape(-1, 2)
+    if len(change) != len(moved):
+        raise ValueError(f"need one image-shift change per registration, got {len(change)} for {len(moved)}")
+    return moved - change

@@ -102,7 +102,8 @@ def readback_json(analysis: Analysis) -> dict:
 
 def notes_lines(analysis: Analysis) -> list[str]:
     """One line each for the terminal, when there is something to say: the readback
-    quantum, the image shift and the pairs registered on the central region."""
+    quantum, the image shift, the pairs registered on the central region, and what a
+    montage not placed by the stage alone measured."""
     lines = []
     quanta = [f"{axis} {q.quantum_nm:.4g} nm ({q.steps} steps)" for axis, q in analysis.readback_quantum.items()
               if q.quantum_nm is not None]
@@ -114,7 +115,31 @@ def notes_lines(analysis: Analysis) -> list[str]:
                      f"{len(shift['not_measured'])} pair(s) not measured (uncalibrated or missing image shift)")
     if analysis.across_tilt:
         lines.append(f"{len(analysis.across_tilt)} pair(s) across a tilt change registered on the central region")
+    result = getattr(analysis, "montage", None)
+    if result is not None and result.moved_by != "stage":
+        lines.append(f"montage: {montage_measured(result)}")
     return lines
+
+
+def montage_measured(result) -> str:
+    """One sentence: what a montage's piece errors measure, given what moved its pieces."""
+    against = "target" if result.has_target else "readback"
+    if result.moved_by == "image shift":
+        said = ("the pieces were placed by image shift while the stage was to stand still: each piece's error is "
+                f"the stage's own motion since the first piece (drift, settling) against its {against}, the image "
+                "shift taken as exact (an error of its calibration shows as a piece error)")
+    elif result.moved_by == "stage and image shift":
+        said = ("the pieces were placed by stage moves and image shift: each piece's error is the stage's, against "
+                f"its {against}, the image shift taken as exact (an error of its calibration shows as a piece error)")
+    elif result.moved_by == "neither":
+        said = (f"every piece was taken at the first one's place: each piece's error is the stage's motion since "
+                f"the first piece, against its {against}")
+    else:
+        said = f"the pieces were placed by stage moves: each piece's error is the stage's, against its {against}"
+    if result.stage_unknown:
+        said += (f"; {len(result.stage_unknown)} registered pair(s) have no known stage displacement (their "
+                 f"image-shift change is not known in nm), so only whether they stitch is measured there")
+    return said
 
 
 def montage_json(analysis: Analysis) -> dict | None:
@@ -123,7 +148,9 @@ def montage_json(analysis: Analysis) -> dict | None:
     None when the session has no montage. Positions and errors are ``[x, y]`` nm in
     stage axes, errors relative to the first piece (:mod:`stage_acceptance.montage`);
     ``against`` says what the growth and the neighbour check compare with (the
-    target, or the readback where the recording has no target).
+    target, or the readback where the recording has no target); ``moved_by`` what
+    moved the pieces apart (:func:`~stage_acceptance.montage.montage_motion`) and
+    ``measured`` what the errors therefore are (:func:`montage_measured`).
     """
     result = getattr(analysis, "montage", None)
     problem = getattr(analysis, "montage_problem", "")
@@ -152,6 +179,8 @@ def montage_json(analysis: Analysis) -> dict | None:
         "placed": int(result.placed.sum()),
         "oriented": result.oriented,
         "against": "target" if result.has_target else "readback",
+        "moved_by": result.moved_by,
+        "measured": montage_measured(result),
         "overlap_nm": overlap,
         "field_nm": [result.frame_shape[1] * result.pixel_size_nm, result.frame_shape[0] * result.pixel_size_nm],
         "sigma_unit_weight": result.solution.sigma,
@@ -160,6 +189,7 @@ def montage_json(analysis: Analysis) -> dict | None:
              "order": i, "placed": bool(result.placed[i]),
              "target_nm": result.target_nm[i], "reported_nm": result.reported_nm[i],
              "actual_nm": result.actual_nm[i], "sd_nm": result.sd_nm[i],
+             "image_shift_nm": result.image_shift_nm[i],
              "error_nm": result.error_nm[i], "reported_error_nm": result.reported_error_nm[i],
              "error_length_nm": length(result.commanded_error_nm[i]),
              "error_beyond_overlap": bool(beyond[i])}

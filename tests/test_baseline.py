@@ -106,6 +106,18 @@ def test_two_results_documents_are_compared_metric_by_metric():
     json.dumps(section, allow_nan=False)
 
 
+def test_montage_metrics_measured_in_both_runs_are_compared_with_their_own_keys():
+    # comparing them once raised KeyError: each has a [regression] key and a direction of worse
+    before, after = _results(0.5, [-1.0, 2.0]), _results(0.7, [-1.0, 2.4])
+    for document, value in ((before, 30.0), (after, 45.0)):
+        document["checks"]["montage.error_rms_nm"] = {"value": value, "ci95": [value - 5, value + 5], "unit": "nm"}
+    comparison = compare_results(before, after, {"montage_error_rms_nm": 10.0}, source="before.json")
+    change = comparison.metrics["montage.error_rms_nm"]
+    assert change.change == pytest.approx(15.0) and change.significant and change.worse
+    assert change.regressed  # 15 nm worse (95 % interval 7.9 to 22.1 nm) beyond a 10 nm tolerance
+    assert regression_key("montage.unplaced_pieces") == "montage_unplaced_pieces"
+
+
 def test_a_results_json_is_read_back_with_types_and_bounds(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps(_results(1.0, [0.0, 2.0])))

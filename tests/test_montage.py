@@ -16,8 +16,9 @@ from stage_acceptance.config import ConfigError, ProtocolConfig, load_holder, lo
 from stage_acceptance.figures import all_figures, figure_caption
 from stage_acceptance.geometry import StageToImage, stage_nm_to_image_px
 from stage_acceptance.microscope import Envelope, MoveRefused
-from stage_acceptance.montage import (expected_field_px, neighbour_errors_nm, overlap_pairs, overlap_width_px,
-                                      piece_errors_nm, solve_positions)
+from stage_acceptance.montage import (expected_field_px, montage_motion, neighbour_errors_nm, overlap_pairs,
+                                      overlap_width_px, pair_displacements_nm, piece_errors_nm, solve_positions)
+from stage_acceptance.registration import Registration, unregistered
 from stage_acceptance.protocols import build, montage, serpentine
 from stage_acceptance.registry import revisit_groups
 from stage_acceptance.report import montage_json, results_json
@@ -197,6 +198,42 @@ def test_errors_count_from_the_first_piece_and_neighbours_compare_errors():
     assert piece_errors_nm(positions, targets).tolist() == [[0.0, 0.0], [0.0, 2.0], [5.0, 0.0]]
     pairs, size = neighbour_errors_nm([0, 1, 2], [0, 0, 0], piece_errors_nm(positions, targets))
     assert pairs.tolist() == [[0, 1], [1, 2]] and np.allclose(size, [2.0, np.hypot(5.0, 2.0)])
+
+
+def test_pair_displacements_are_the_image_motion_less_the_image_shift_change():
+    registered = Registration(np.array([-10.0, 4.0]), 0.8, 0.7, True, "")
+    failed = unregistered("no peak")
+    transform = StageToImage(0.0, False)
+    moved = pair_displacements_nm([registered, registered, failed], 2.0, transform)
+    assert moved[0].tolist() == [-20.0, 8.0] and np.all(np.isnan(moved[2]))  # (-10, +4) px at 2 nm/px
+    less = pair_displacements_nm([registered, registered, failed], 2.0, transform,
+                                 [[-15.0, 8.0], [np.nan, np.nan], [1.0, 1.0]])
+    assert less[0].tolist() == [-5.0, 0.0]  # most of the image motion was the image shift
+    assert np.all(np.isnan(less[1])) and np.all(np.isnan(less[2]))  # change unknown; not registered
+    with pytest.raises(ValueError, match="one image-shift change per registration"):
+        pair_displacements_nm([registered], 2.0, transform, [[1.0, 1.0], [2.0, 2.0]])
+
+
+def test_what_moved_the_pieces_apart():
+    grid = np.array([[0.0, 0.0], [800.0, 0.0], [800.0, 800.0]])
+    still = np.array([[0.0, 0.0], [19.5, 0.0], [0.0, -19.5]])  # a readback that jitters by a quantum
+    none = np.zeros((3, 2))
+    assert montage_motion(grid, none, 1000.0) == "stage"
+    assert montage_motion(still, grid, 1000.0) == "image shift"
+    assert montage_motion(still, [[0, 0], [np.nan, np.nan], [np.nan, np.nan]], 1000.0) == "image shift"  # unknown size
+    assert montage_motion(grid, grid / 2.0, 1000.0) == "stage and image shift"
+    assert montage_motion(still, none, 1000.0) == "neither"
+    with pytest.raises(ValueError, match="one row per piece"):
+        montage_motion(grid, none[:2], 1000.0)
+
+
+def test_the_overlap_width_leaves_out_neighbours_of_unknown_offset():
+    column, row = np.array([(c, r) for r in range(2) for c in range(2)]).T
+    field = np.array([[0, 0], [48, 0], [0, 48], [48, 48]], dtype=float)
+    field[3] = np.nan
+    assert overlap_width_px(column, row, field, (64, 64)) == 16.0
+    field[1:] = np.nan
+    assert overlap_width_px(column, row, field, (64, 64)) is None
 
 
 # --------------------------------------------------------------------------- a simulated montage

@@ -113,11 +113,74 @@ def test_serialem_naming_and_image_file_lookup(tmp_path):
     assert stack_and_mdoc(plain) == (other, plain)  # b.mdoc names its stack by ImageFile
 
 
-def test_montage_piece_coordinates_are_kept(tmp_path):
-    mrc, mdoc = write_stack(tmp_path)
-    mdoc.write_text(mdoc.read_text().replace("[ZValue = 1]", "[ZValue = 1]\nPieceCoordinates = 922 0 0"))
+def montage_stack(folder, coordinates, name="m.mrc", spacing=None, size=32, start=0):
+    """A SerialEM-like montage file: one section per piece, `coordinates` its PieceCoordinates."""
+    mrc, mdoc = write_stack(folder, name, frames=len(coordinates), size=size, start=start)
+    text = mdoc.read_text()
+    if spacing is not None:
+        text = text.replace("DataMode = 1", f"DataMode = 1\r\nMontage = 1\r\nPieceSpacing = {spacing}")
+    for z, piece in enumerate(coordinates):
+        text = text.replace(f"[ZValue = {z}]\n", f"[ZValue = {z}]\nPieceCoordinates = {piece}\n")
+    mdoc.write_text(text)
+    return mrc, mdoc
+
+
+def test_montage_pieces_get_their_column_and_row_from_the_piece_coordinates(tmp_path):
+    # a 3 x 2 montage of 32 px pieces 24 px apart, in SerialEM's column-by-column order
+    places = [(0, 0), (0, 1), (1, 1), (1, 0), (2, 0), (2, 1)]
+    mrc, _ = montage_stack(tmp_path, [f"{24 * c} {24 * r} 0" for c, r in places])
     session = import_serialem([mrc], tmp_path / "rec")
-    assert session.frames[1].extra["serialem"]["piece_coordinates"] == [922.0, 0.0, 0.0]
+    assert [f.extra["montage_piece"] for f in session.frames] == [{"column": c, "row": r} for c, r in places]
+    assert session.frames[2].extra["serialem"]["piece_coordinates"] == [24.0, 24.0, 0]
+    assert session.meta["stage_acceptance"]["imported"]["montage"] == {
+        "file": "m.mrc", "pieces": 6, "grid": [3, 2], "spacing_px": [24.0, 24.0], "overlap": [0.25, 0.25]}
+    again = read_recording(session.directory)  # what a replay reads: the montage analysis finds its pieces
+    assert again.frames[4].extra["montage_piece"] == {"column": 2, "row": 0}
+
+
+def test_a_missing_piece_keeps_the_grid_and_piece_spacing_is_used_when_given(tmp_path):
+    mrc, _ = montage_stack(tmp_path, ["0 0 0", "48 0 0", "48 24 0"], name="a.mrc")  # column 1 was not taken
+    assert [f.extra["montage_piece"] for f in import_serialem([mrc], tmp_path / "a").frames] == [
+        {"column": 0, "row": 0}, {"column": 1, "row": 0}, {"column": 1, "row": 1}]  # 48 px apart seen as one step
+    mrc, _ = montage_stack(tmp_path, ["0 0 0", "48 0 0", "48 24 0"], name="b.mrc", spacing="24 24")
+    assert [f.extra["montage_piece"] for f in import_serialem([mrc], tmp_path / "b").frames] == [
+        {"column": 0, "row": 0}, {"column": 2, "row": 0}, {"column": 2, "row": 1}]
+
+
+def test_frames_beside_a_montage_keep_no_piece(tmp_path):
+    single, _ = write_stack(tmp_path, "single.mrc")
+    mrc, _ = montage_stack(tmp_path, ["0 0 0", "24 0 0"], start=10)
+    session = import_serialem([single, mrc], tmp_path / "rec")
+    assert ["montage_piece" in f.extra for f in session.frames] == [False, False, True, True]
+
+
+@pytest.mark.parametrize("coordinates, spacing, match", [
+    (["0 0 0", "24 0 0", "24 0 0"], None, r"m\.mrc\.mdoc:\d+: section \[ZValue = 2\]: key 'PieceCoordinates' has the "
+                                          r"value of section \[ZValue = 1\] \(24 0 0\): two pieces at one place"),
+    (["0 0 0", "24 0 0", "36 0 0"], "24 24", r"m\.mrc\.mdoc: key 'PieceCoordinates' x: 36 px lies 12 px off the "
+                                             r"grid of pieces 24 px apart from 0 px"),
+    (["0 0 0", "24 0 0", "0 0 1", "24 0 1"], None, r"the frames hold 2 montages \(PieceCoordinates m\.mrc\.mdoc z 0, "
+                                                  r"m\.mrc\.mdoc z 1\); a recording holds one montage"),
+    (["0 0 0", "24 0 0"], "24 abc", r"m\.mrc\.mdoc: key 'PieceSpacing' has bad value '24 abc': must be two numbers"),
+    (["0 0 0", "24 0 0"], "0 24", r"key 'PieceSpacing' has bad value '0 24'"),
+    (["0 0 0", "2e9 0 0"], None, r"section \[ZValue = 1\]: key 'PieceCoordinates' has bad value 2000000000\.0: "
+                                 r"must be a finite number"),
+    (["0 0 0", "24 0 0", "1999992 0 0"], None, r"key 'PieceCoordinates' x: 1999992 px is piece 83333 of the grid "
+                                               r"of pieces 24 px apart: at most 10000 pieces a side"),
+])
+def test_a_montage_that_cannot_be_placed_is_refused_in_one_line(tmp_path, coordinates, spacing, match):
+    mrc, _ = montage_stack(tmp_path, coordinates, spacing=spacing)
+    refused(tmp_path, [mrc], match)
+
+
+def test_a_montage_with_a_piece_without_coordinates_is_refused(tmp_path):
+    mrc, mdoc = montage_stack(tmp_path, ["0 0 0", "24 0 0"])
+    mdoc.write_text(mdoc.read_text().replace("PieceCoordinates = 24 0 0\n", ""))
+    refused(tmp_path, [mrc], r"m\.mrc\.mdoc:\d+: section \[ZValue = 1\] has no 'PieceCoordinates' while others have")
+    other, _ = montage_stack(tmp_path, ["0 0 0", "24 0 0"], name="n.mrc")
+    first, _ = montage_stack(tmp_path, ["0 0 0", "24 0 0"], name="o.mrc")
+    refused(tmp_path, [first, other], r"the frames hold 2 montages \(PieceCoordinates o\.mrc\.mdoc z 0, "
+                                      r"n\.mrc\.mdoc z 0")
 
 
 def test_missing_files_are_refused(tmp_path):
@@ -206,6 +269,23 @@ def test_cli_imports_and_refuses_in_one_line(tmp_path, capsys):
     assert main(["serve", "--replay", str(tmp_path / "rec"), "--bind", "tcp://127.0.0.1:0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "has no recorded target (target: null)" in err
+
+
+def test_a_stage_to_image_calibration_is_written_when_given(tmp_path, capsys):
+    mrc, _ = write_stack(tmp_path)
+    assert main(["import", "serialem", str(mrc), "--out", str(tmp_path / "rec"), "--stage-to-image", "-92.5",
+                 "--flip-y"]) == 0
+    assert "stage-to-image rotation -92.5 deg, flipped as given" in capsys.readouterr().out
+    assert json.loads((tmp_path / "rec" / "session.json").read_text())["stage_to_image"] == {
+        "rotation_deg": -92.5, "flip_y": True}
+    for options, message in ((["--flip-y"], "--flip-y needs --stage-to-image DEG"),
+                             (["--stage-to-image", "nan"], "--stage-to-image nan: needs a finite rotation within "
+                                                           "-+360 deg"),
+                             (["--stage-to-image", "400"], "--stage-to-image 400.0: needs a finite rotation")):
+        assert main(["import", "serialem", str(mrc), "--out", str(tmp_path / "no"), *options]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+        assert not (tmp_path / "no").exists()
 
 
 def test_a_copy_of_the_real_mdoc_without_its_stack_is_refused(tmp_path):

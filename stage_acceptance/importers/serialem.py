@@ -23,7 +23,18 @@ order of the files given, then the section):
   (``image_shift_to_nm``), else ``image_shift_raw`` (the units as recorded): a pair
   whose image shift changed without a calibration is not measured by the analysis;
 - ``serialem``: where the frame came from (file, section) and the raw values of the
-  ``.mdoc`` section (time, magnification, piece coordinates of a montage).
+  ``.mdoc`` section (time, magnification, piece coordinates of a montage);
+- ``montage_piece``: for the pieces of a montage (sections with ``PieceCoordinates``),
+  the piece's column and row in the montage (:func:`piece_grid_indices`), so the
+  montage analysis (:mod:`stage_acceptance.montage`) runs on it as on a live montage.
+
+``PieceCoordinates`` are, per SerialEM's documentation of its ``.mdoc`` keys, the "pixel
+coordinates in X and Y and section Z value for montage piece": the lower left corner of
+the piece in the assembled montage, in pixels of the stored (binned) images, ``(piece
+number - 1) * (frame - overlap)`` along each axis, so the piece spacing is the frame less
+the overlap (global ``PieceSpacing`` in newer files). Their y runs along the image rows
+as stored in the MRC file, which the imported images keep, so the grid row follows the
+recording's image rows.
 
 The images are written as TIFF (deflate, lossless) in the MRC's own row order.
 """
@@ -51,7 +62,8 @@ from mdocfile.utils import find_section_entries, find_title_entries
 
 from .. import __version__
 from ..geometry import StagePosition
-from ..session import MAX_FRAMES, MAX_NAME, MAX_POSITION_NM, RecordingWriter, Session, read_recording
+from ..session import (MAX_FRAMES, MAX_MONTAGE_INDEX, MAX_NAME, MAX_POSITION_NM, RecordingWriter, Session,
+                       read_recording)
 
 MAX_MDOC_BYTES = 64 << 20
 """Largest ``.mdoc`` read (a montage of 10,000 pieces is about 15 MB)."""
@@ -68,6 +80,11 @@ DATE_FORMATS = ("%d-%b-%y %H:%M:%S", "%d-%b-%Y %H:%M:%S")
 """SerialEM's ``DateTime`` (``31-Mar-23  16:24:15``; the spaces are collapsed first)."""
 _MODES_REAL = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}
 """MRC modes of real single-channel pixels (int8, int16, float32, uint16, float16): bytes per pixel."""
+MAX_PIECE_PX = float(MAX_SIDE_PX * (MAX_MONTAGE_INDEX + 1))
+"""Largest |PieceCoordinates| x or y: the corner of the last piece of the largest montage."""
+GRID_TOLERANCE_PX = 0.5
+"""How far a piece's coordinate may lie off the grid of the montage's piece spacing."""
+_PIECE_SPACING = re.compile(r"^\s*PieceSpacing\s*=\s*(\S+)\s+(\S+)\s*$")
 _TITLE = re.compile(r"SerialEM:\s*(.*?)\s+\d{1,2}-[A-Za-z]{3}-\d{2,4}\s+\d{1,2}:\d{2}:\d{2}")
 
 
@@ -94,6 +111,10 @@ class Section:
     pixel_nm: float
     raw: dict = field(default_factory=dict)
     """The section's values kept in the recording (``serialem`` key of the frame)."""
+    piece_px: tuple[float, float, int] | None = None
+    """``PieceCoordinates`` (x, y px, montage section z) of a montage piece."""
+    line: int = 0
+    """Line of the section's header in the ``.mdoc``."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +128,8 @@ class Stack:
     sections: tuple[Section, ...]
     instrument: str | None
     """The instrument named in the file's first title, if any."""
+    piece_spacing_px: tuple[float, float] | None = None
+    """The global ``PieceSpacing`` of a montage file (x, y px), if given."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +142,24 @@ class ImportPlan:
     microscope: str
     pixel_size_nm: float
     image_shift_to_nm: np.ndarray | None
+    montage: MontagePlan | None = None
+    stage_to_image: tuple[float, bool] | None = None
+    """``(rotation_deg, flip_y)`` of a calibration given with the import, if any."""
+    """The montage among the frames (one at most), if any."""
+
+
+@dataclass(frozen=True)
+class MontagePlan:
+    """The pieces of the montage an import holds, placed on their grid."""
+
+    stack: int
+    """Index of the stack holding the montage."""
+    places: dict
+    """Section z -> ``(column, row)`` of the piece."""
+    grid: tuple[int, int]
+    """``(columns, rows)``."""
+    spacing_px: tuple[float | None, float | None]
+    """Piece spacing along x and y (None along an axis with one column or row)."""
 
 
 # --------------------------------------------------------------------------- finding files
@@ -219,7 +260,8 @@ def _parse_time(text: str | None, where: str) -> datetime:
                               f"'31-Mar-23  16:24:15'")
 
 
-def read_mdoc(path: Path) -> tuple[list[str], MdocGlobalData, list[tuple[int, MdocSectionData]]]:
+def read_mdoc(path: Path) -> tuple[list[str], MdocGlobalData, list[tuple[int, MdocSectionData]],
+                                   tuple[float, float] | None]:
     """Titles, global data and the ``[ZValue = n]`` sections of an ``.mdoc`` file.
 
     Parsed with :mod:`mdocfile`, one section at a time so that an error names its
@@ -231,6 +273,9 @@ def read_mdoc(path: Path) -> tuple[list[str], MdocGlobalData, list[tuple[int, Md
     global_data : mdocfile.data_models.MdocGlobalData
     sections : list of (line number, MdocSectionData)
         The image sections in file order, with the line of their header.
+    piece_spacing : (float, float) or None
+        The global ``PieceSpacing`` of a montage (x, y px; :mod:`mdocfile` does not
+        model it), checked like the other values; None when absent.
 
     Raises
     ------
@@ -270,7 +315,24 @@ def read_mdoc(path: Path) -> tuple[list[str], MdocGlobalData, list[tuple[int, Md
                 raise SerialEMImportError(f"{path}:{start + 1}: section {lines[start]}: "
                                           f"{_validation_problem(exc)}") from None
     titles = [header[i] for i in find_title_entries(header)]
-    return titles, global_data, sections
+    return titles, global_data, sections, _piece_spacing(path, header)
+
+
+def _piece_spacing(path: Path, header: list[str]) -> tuple[float, float] | None:
+    for line in header:
+        if not line.startswith("PieceSpacing"):
+            continue
+        match = _PIECE_SPACING.match(line)
+        try:
+            spacing = tuple(float(v) for v in match.groups()) if match else ()
+        except ValueError:
+            spacing = ()
+        if len(spacing) != 2 or not all(math.isfinite(v) and 1 <= v <= MAX_SIDE_PX for v in spacing):
+            value = _short(line.split("=", 1)[-1].strip())
+            raise SerialEMImportError(f"{path}: key 'PieceSpacing' has bad value '{value}': must be two numbers 1 "
+                                      f"to {MAX_SIDE_PX} (the piece spacing in x and y, px)")
+        return spacing
+    return None
 
 
 def _instrument(titles: list[str]) -> str | None:
@@ -299,6 +361,10 @@ def _section(path: Path, line: int, data: MdocSectionData, global_pixel: float |
     if not pixel_nm > 0:
         raise SerialEMImportError(f"{where}: key 'PixelSpacing' has bad value {_short(spacing)}: must be > 0 "
                                   f"(Angstrom per pixel)")
+    piece = None
+    if data.PieceCoordinates is not None:
+        x, y, z = (_finite(v, where, "PieceCoordinates", MAX_PIECE_PX) for v in data.PieceCoordinates)
+        piece = (x, y, int(z))
     raw = {"datetime": " ".join(str(data.DateTime).split())[:64]} if data.DateTime else {}
     for key, name in (("Magnification", "magnification"), ("MagIndex", "mag_index"), ("Binning", "binning"),
                       ("PieceCoordinates", "piece_coordinates"), ("ImageShift", "image_shift")):
@@ -307,7 +373,7 @@ def _section(path: Path, line: int, data: MdocSectionData, global_pixel: float |
         if value is not None and all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
             raw[name] = numbers if isinstance(value, tuple) else value
     return Section(z=int(data.ZValue), time=_parse_time(data.DateTime, where), stage_um=stage, stage_z_um=stage_z,
-                   tilt_deg=tilt, image_shift=shift, pixel_nm=pixel_nm, raw=raw)
+                   tilt_deg=tilt, image_shift=shift, pixel_nm=pixel_nm, raw=raw, piece_px=piece, line=line)
 
 
 def _mrc_header(path: Path):
@@ -336,7 +402,7 @@ def read_stack(mrc: Path, mdoc: Path) -> Stack:
         When the files do not belong together (image count or size), the stack is
         not of single-channel real images, or a section lacks what recording-v1 needs.
     """
-    titles, global_data, parsed = read_mdoc(mdoc)
+    titles, global_data, parsed, spacing = read_mdoc(mdoc)
     nx, ny, nz, mode, expected = _mrc_header(mrc)
     if mode not in _MODES_REAL:
         raise SerialEMImportError(f"{mrc}: MRC mode {mode} is not single-channel real pixels (modes 0, 1, 2, 6, "
@@ -364,8 +430,114 @@ def read_stack(mrc: Path, mdoc: Path) -> Stack:
         missing = next(s.z for s in sections if s.image_shift is None)
         raise SerialEMImportError(f"{mdoc}: section [ZValue = {missing}] has no 'ImageShift' while others have "
                                   f"one; the change of image shift between frames cannot be told")
+    with_piece = [s.piece_px is not None for s in sections]
+    if any(with_piece) and not all(with_piece):
+        missing = next(s for s in sections if s.piece_px is None)
+        raise SerialEMImportError(f"{mdoc}:{missing.line}: section [ZValue = {missing.z}] has no 'PieceCoordinates' "
+                                  f"while others have them; a montage file gives every piece's place")
     return Stack(mrc=mrc, mdoc=mdoc, shape=(ny, nx), sections=tuple(sorted(sections, key=lambda s: s.z)),
-                 instrument=_instrument(titles))
+                 instrument=_instrument(titles), piece_spacing_px=spacing)
+
+
+def piece_grid_indices(coordinate_px, spacing_px: float | None = None,
+                       tolerance_px: float = GRID_TOLERANCE_PX) -> tuple[np.ndarray, float | None]:
+    """Grid index of montage pieces along one axis, from their pixel coordinates.
+
+    A montage's pieces lie on a grid: ``(index) * spacing`` from the first column (or
+    row), the spacing being the frame less the overlap. Without a given spacing it is
+    the smallest difference between two distinct coordinates (a column or row that no
+    piece occupies at all would make it look twice as large; SerialEM's
+    ``PieceSpacing`` avoids that).
+
+    Parameters
+    ----------
+    coordinate_px : array_like, (n,)
+        Piece coordinates along the axis (``PieceCoordinates`` x or y).
+    spacing_px : float, optional
+        The piece spacing along the axis.
+    tolerance_px : float
+        How far a coordinate may lie off the grid.
+
+    Returns
+    -------
+    index : ndarray of int, (n,)
+        0 for the smallest coordinate.
+    spacing_px : float or None
+        The spacing used; None when every piece has the same coordinate.
+
+    Raises
+    ------
+    ValueError
+        When a coordinate lies off the grid, or the grid is longer than
+        ``MAX_MONTAGE_INDEX + 1`` pieces.
+    """
+    values = np.asarray(coordinate_px, dtype=float).reshape(-1)
+    offset = values - values.min()
+    if spacing_px is None:
+        distinct = np.unique(np.round(offset, 6))
+        if len(distinct) < 2:
+            return np.zeros(len(values), dtype=int), None
+        spacing_px = float(np.diff(distinct).min())
+    if not spacing_px > tolerance_px:
+        raise ValueError(f"piece spacing {spacing_px:g} px is not a spacing of distinct pieces")
+    index = np.round(offset / spacing_px).astype(int)
+    off = np.abs(offset - index * spacing_px)
+    worst = int(np.argmax(off))
+    if off[worst] > tolerance_px:
+        raise ValueError(f"{values[worst]:.10g} px lies {off[worst]:.3g} px off the grid of pieces {spacing_px:.10g} "
+                         f"px apart from {values.min():.10g} px")
+    if index.max() > MAX_MONTAGE_INDEX:
+        raise ValueError(f"{values[int(np.argmax(index))]:.10g} px is piece {index.max()} of the grid of pieces "
+                         f"{spacing_px:.10g} px apart: at most {MAX_MONTAGE_INDEX + 1} pieces a side")
+    return index, float(spacing_px)
+
+
+def plan_montage(stacks: Sequence[Stack]) -> MontagePlan | None:
+    """The montage among the stacks' frames: every piece's column and row.
+
+    A recording holds one montage (:func:`stage_acceptance.montage.piece_grid`): the
+    sections with ``PieceCoordinates`` of one stack and one montage section (their z).
+
+    Raises
+    ------
+    SerialEMImportError
+        When the frames hold more than one montage, two pieces share a place, or a
+        piece lies off the grid; one line naming the file, section, key and value.
+    """
+    montages = {(k, s.piece_px[2]) for k, stack in enumerate(stacks) for s in stack.sections
+                if s.piece_px is not None}
+    if not montages:
+        return None
+    if len(montages) > 1:
+        named = ", ".join(f"{stacks[k].mdoc.name} z {z}" for k, z in sorted(montages)[:6])
+        raise SerialEMImportError(f"the frames hold {len(montages)} montages (PieceCoordinates {_short(named, 200)}); "
+                                  f"a recording holds one montage: import each montage (file) on its own")
+    (k, _), = montages
+    stack = stacks[k]
+    pieces = list(stack.sections)
+    given = stack.piece_spacing_px or (None, None)
+    indices, spacing = [], []
+    for axis, name in enumerate("xy"):
+        try:
+            index, step = piece_grid_indices([s.piece_px[axis] for s in pieces], given[axis])
+        except ValueError as exc:
+            raise SerialEMImportError(f"{stack.mdoc}: key 'PieceCoordinates' {name}: {exc}") from None
+        indices.append(index)
+        spacing.append(step)
+    places: dict[int, tuple[int, int]] = {}
+    seen: dict[tuple[int, int], Section] = {}
+    for section, column, row in zip(pieces, *indices):
+        place = (int(column), int(row))
+        if place in seen:
+            first = seen[place]
+            raise SerialEMImportError(f"{stack.mdoc}:{section.line}: section [ZValue = {section.z}]: key "
+                                      f"'PieceCoordinates' has the value of section [ZValue = {first.z}] "
+                                      f"({_short(' '.join(f'{v:g}' for v in section.piece_px))}): two pieces at one "
+                                      f"place of the montage")
+        seen[place] = section
+        places[section.z] = place
+    grid = (int(indices[0].max()) + 1, int(indices[1].max()) + 1)
+    return MontagePlan(stack=k, places=places, grid=grid, spacing_px=(spacing[0], spacing[1]))
 
 
 def _matrix(values) -> np.ndarray | None:
@@ -379,6 +551,18 @@ def _matrix(values) -> np.ndarray | None:
     return matrix.reshape(2, 2)
 
 
+def _stage_to_image(given) -> tuple[float, bool] | None:
+    if given is None:
+        return None
+    rotation, flip = given
+    if rotation is None:
+        raise SerialEMImportError("--flip-y needs --stage-to-image DEG: the rotation of the calibration it belongs to")
+    if not math.isfinite(rotation) or abs(rotation) > MAX_TILT_DEG:
+        raise SerialEMImportError(f"--stage-to-image {_short(rotation)}: needs a finite rotation within "
+                                  f"-+{MAX_TILT_DEG:g} deg")
+    return float(rotation), bool(flip)
+
+
 def _check_out(out: Path) -> None:
     if (out / "frames.jsonl").exists() or (out / "session.json").exists():
         raise SerialEMImportError(f"{out}: already holds a recording; choose another --out folder")
@@ -387,7 +571,7 @@ def _check_out(out: Path) -> None:
 
 
 def plan_import(paths: Sequence[str | Path], out: str | Path, *, microscope: str | None = None,
-                image_shift_to_nm=None) -> ImportPlan:
+                image_shift_to_nm=None, stage_to_image: tuple[float | None, bool] | None = None) -> ImportPlan:
     """Read and check everything an import needs, before anything is written.
 
     Parameters
@@ -404,6 +588,10 @@ def plan_import(paths: Sequence[str | Path], out: str | Path, *, microscope: str
         that moves the image as one unit of image shift x (first column) and y (second
         column) does. Without it the image shift is kept in its units
         (``image_shift_raw``).
+    stage_to_image : (float, bool), optional
+        ``(rotation_deg, flip_y)`` of the stage-to-image transform from a calibration
+        (SerialEM's ``.mdoc`` does not record it), written as the recording's
+        ``stage_to_image``; without it the analysis estimates it from the moves.
 
     Returns
     -------
@@ -419,6 +607,7 @@ def plan_import(paths: Sequence[str | Path], out: str | Path, *, microscope: str
     out = Path(out)
     _check_out(out)
     matrix = _matrix(image_shift_to_nm)
+    transform = _stage_to_image(stage_to_image)
     stacks: list[Stack] = []
     seen: dict[Path, str] = {}
     for path in paths:
@@ -450,7 +639,8 @@ def plan_import(paths: Sequence[str | Path], out: str | Path, *, microscope: str
         raise SerialEMImportError(f"--microscope '{_short(name)}': a name of 1 to 200 characters without control "
                                   f"characters")
     return ImportPlan(stacks=tuple(stacks), frames=tuple(frames), microscope=name,
-                      pixel_size_nm=frames[0][1].pixel_nm, image_shift_to_nm=matrix)
+                      pixel_size_nm=frames[0][1].pixel_nm, image_shift_to_nm=matrix, montage=plan_montage(stacks),
+                      stage_to_image=transform)
 
 
 # --------------------------------------------------------------------------- writing
@@ -461,8 +651,10 @@ def _nm(value_um: float) -> float:
     return round(value_um * 1000.0, 4)
 
 
-def frame_record(section: Section, stack: Stack, matrix: np.ndarray | None) -> tuple[StagePosition, dict]:
-    """The reported position and the further keys of one frame's recording-v1 line."""
+def frame_record(section: Section, stack: Stack, matrix: np.ndarray | None,
+                 piece: tuple[int, int] | None = None) -> tuple[StagePosition, dict]:
+    """The reported position and the further keys of one frame's recording-v1 line
+    (`piece`: its column and row when it is a montage piece)."""
     reported = StagePosition(x_nm=_nm(section.stage_um[0]), y_nm=_nm(section.stage_um[1]),
                              z_nm=0.0 if section.stage_z_um is None else _nm(section.stage_z_um),
                              alpha_deg=0.0 if section.tilt_deg is None else section.tilt_deg)
@@ -474,6 +666,8 @@ def frame_record(section: Section, stack: Stack, matrix: np.ndarray | None) -> t
         else:
             extra["image_shift_raw"] = {"x": section.image_shift[0], "y": section.image_shift[1]}
     extra["serialem"] = {"file": stack.mrc.name[:MAX_NAME], "z": section.z, **section.raw}
+    if piece is not None:
+        extra["montage_piece"] = {"column": piece[0], "row": piece[1]}
     return reported, extra
 
 
@@ -547,13 +741,24 @@ def write_import(plan: ImportPlan, out: str | Path, *,
             "from": "SerialEM", "files": [stack.mrc.name for stack in plan.stacks][:100],
             "first_frame_local_time": first.isoformat(), "image_shift": calibration}},
     }
+    if plan.stage_to_image is not None:
+        meta["stage_to_image"] = {"rotation_deg": plan.stage_to_image[0], "flip_y": plan.stage_to_image[1]}
+    montage = plan.montage
+    if montage is not None:
+        rows, columns = plan.stacks[montage.stack].shape
+        meta["stage_acceptance"]["imported"]["montage"] = {
+            "file": plan.stacks[montage.stack].mrc.name, "pieces": len(montage.places), "grid": list(montage.grid),
+            "spacing_px": list(montage.spacing_px),
+            "overlap": [None if step is None else round(1.0 - step / size, 4)
+                        for step, size in zip(montage.spacing_px, (columns, rows))]}
     reader = _StackReader()
     try:
         writer = RecordingWriter(scratch, meta, stamp_start=False)
         try:
             for done, (k, section) in enumerate(plan.frames, start=1):
                 stack = plan.stacks[k]
-                reported, extra = frame_record(section, stack, plan.image_shift_to_nm)
+                piece = montage.places.get(section.z) if montage is not None and montage.stack == k else None
+                reported, extra = frame_record(section, stack, plan.image_shift_to_nm, piece)
                 writer.append(time_s=(section.time - first).total_seconds(), target=None, reported=reported,
                               image=reader.image(stack, section.z), protocol=None, extra=extra)
                 if progress:
@@ -572,8 +777,10 @@ def write_import(plan: ImportPlan, out: str | Path, *,
 
 
 def import_serialem(paths: Sequence[str | Path], out: str | Path, *, microscope: str | None = None,
-                    image_shift_to_nm=None, progress: Callable[[int, int], None] | None = None) -> Session:
+                    image_shift_to_nm=None, stage_to_image: tuple[float | None, bool] | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> Session:
     """Import SerialEM stacks as one recording-v1 folder: :func:`plan_import`, then
     :func:`write_import`. See :func:`plan_import` for the parameters."""
-    plan = plan_import(paths, out, microscope=microscope, image_shift_to_nm=image_shift_to_nm)
+    plan = plan_import(paths, out, microscope=microscope, image_shift_to_nm=image_shift_to_nm,
+                       stage_to_image=stage_to_image)
     return write_import(plan, out, progress=progress)
