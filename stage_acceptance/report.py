@@ -600,7 +600,7 @@ def certificate_html(verdict: Verdict, certificate: Certificate, checks: dict[st
 {shift_block}
 {left_out}
 <h3>Figures</h3>
-{''.join(images)}
+{''.join(images) or "<p>No figures: the session holds no protocol a figure could show (no hysteresis line, cross, tilt or montage measured).</p>"}
 </div>
 """
 
