@@ -14,7 +14,7 @@ from stage_acceptance.analysis import MONTAGE_METRICS, analyse
 from stage_acceptance.certification import certify, metric_checks
 from stage_acceptance.config import ConfigError, ProtocolConfig, load_holder, load_microscope
 from stage_acceptance.figures import all_figures, figure_caption
-from stage_acceptance.geometry import StageToImage, stage_nm_to_image_px
+from stage_acceptance.geometry import StageToImage
 from stage_acceptance.microscope import Envelope, MoveRefused
 from stage_acceptance.montage import (expected_field_px, montage_motion, neighbour_errors_nm, overlap_pairs,
                                       overlap_width_px, pair_displacements_nm, piece_errors_nm, solve_positions)
