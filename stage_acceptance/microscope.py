@@ -8,7 +8,10 @@ refuses an out-of-limit move *before* the backend sees it.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import math
+import threading
+import time
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -58,6 +61,78 @@ class Microscope(Protocol):
 
     def close(self) -> None:
         """Release the microscope (leave the stage where it is)."""
+
+
+class ReadbackStage:
+    """Base of a real stage that is commanded and confirmed by its readback (PyJEM, SerialEM).
+
+    Holds what every such stage needs: the tolerances within which a readback confirms
+    a target, how long a move may take, how often the readback is polled, the clock and
+    sleep (replaceable in tests) and the flag :meth:`stop` sets for a move under way.
+
+    Raises
+    ------
+    ValueError
+        If a tolerance, the timeout or the poll interval is not a finite number > 0.
+    """
+
+    def __init__(self, *, tolerance_nm: float, tolerance_deg: float, move_timeout_s: float, poll_s: float,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        for name, value in (("tolerance_nm", tolerance_nm), ("tolerance_deg", tolerance_deg),
+                            ("move_timeout_s", move_timeout_s), ("poll_s", poll_s)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{type(self).__name__} {name} must be a finite number > 0, got {value}")
+        self.tolerance_nm = float(tolerance_nm)
+        self.tolerance_deg = float(tolerance_deg)
+        self.move_timeout_s = float(move_timeout_s)
+        self.poll_s = float(poll_s)
+        self._clock = clock
+        self._sleep = sleep
+        self._stop_requested = threading.Event()
+
+
+class StageAndCamera:
+    """Base of a real :class:`Microscope` made of a :class:`ReadbackStage` and a camera.
+
+    Moves, readback and stop go to the stage; waiting and time are the wall clock
+    (replaceable in tests). A subclass adds :meth:`acquire` and :meth:`close`.
+
+    Raises
+    ------
+    ValueError
+        If the pixel size is not a finite number > 0 or the frame is under 32 px.
+    """
+
+    def __init__(self, stage, *, name: str, pixel_size_nm: float, frame_px: int,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        if not (math.isfinite(pixel_size_nm) and pixel_size_nm > 0):
+            raise ValueError(f"pixel_size_nm must be a finite number > 0, got {pixel_size_nm}")
+        if int(frame_px) < 32:
+            raise ValueError(f"frame_px must be >= 32, got {frame_px}")
+        self.stage = stage
+        self.name = str(name)
+        self.pixel_size_nm = float(pixel_size_nm)
+        self.frame_px = int(frame_px)
+        self._clock = clock
+        self._sleep = sleep
+
+    def move_to(self, target: StagePosition) -> None:
+        self.stage.move_to(target)
+
+    def position(self) -> StagePosition:
+        return self.stage.position()
+
+    def wait(self, seconds: float) -> None:
+        if not seconds >= 0:
+            raise ValueError(f"wait time must be >= 0 s, got {seconds}")
+        self._sleep(float(seconds))
+
+    def time_s(self) -> float:
+        return float(self._clock())
+
+    def stop(self) -> None:
+        """Stop the stage (:meth:`ReadbackStage.stop` of the backend)."""
+        self.stage.stop()
 
 
 class Envelope:

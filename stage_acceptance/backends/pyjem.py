@@ -22,7 +22,6 @@ import importlib
 import importlib.util
 import math
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from ..geometry import AXES, StagePosition
-from ..microscope import BackendError
+from ..microscope import BackendError, ReadbackStage, StageAndCamera
 
 if TYPE_CHECKING:
     from ..config import MicroscopeConfig
@@ -142,7 +141,7 @@ def open_pyjem(config: "MicroscopeConfig") -> "PyJEMMicroscope":
                            frame_px=config.frame_px)
 
 
-class PyJEMStage:
+class PyJEMStage(ReadbackStage):
     """Confirmed moves of a JEOL stage.
 
     Parameters
@@ -164,18 +163,9 @@ class PyJEMStage:
     def __init__(self, stage3, *, tolerance_nm: float = 50.0, tolerance_deg: float = 0.1,
                  move_timeout_s: float = 120.0, poll_s: float = 0.05,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
-        for name, value in (("tolerance_nm", tolerance_nm), ("tolerance_deg", tolerance_deg),
-                            ("move_timeout_s", move_timeout_s), ("poll_s", poll_s)):
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"PyJEMStage {name} must be a finite number > 0, got {value}")
+        super().__init__(tolerance_nm=tolerance_nm, tolerance_deg=tolerance_deg, move_timeout_s=move_timeout_s,
+                         poll_s=poll_s, clock=clock, sleep=sleep)
         self.stage3 = stage3
-        self.tolerance_nm = float(tolerance_nm)
-        self.tolerance_deg = float(tolerance_deg)
-        self.move_timeout_s = float(move_timeout_s)
-        self.poll_s = float(poll_s)
-        self._clock = clock
-        self._sleep = sleep
-        self._stop_requested = threading.Event()
 
     def position(self) -> StagePosition:
         """``GetPos()`` as a :class:`StagePosition`.
@@ -253,7 +243,7 @@ class PyJEMStage:
         self.stage3.Stop()
 
 
-class PyJEMMicroscope:
+class PyJEMMicroscope(StageAndCamera):
     """A :class:`~stage_acceptance.microscope.Microscope` of a JEOL stage and a camera.
 
     Parameters
@@ -275,23 +265,8 @@ class PyJEMMicroscope:
     def __init__(self, stage: PyJEMStage, camera: Callable[[], np.ndarray], *, name: str,
                  pixel_size_nm: float, frame_px: int, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep):
-        if not (math.isfinite(pixel_size_nm) and pixel_size_nm > 0):
-            raise ValueError(f"pixel_size_nm must be a finite number > 0, got {pixel_size_nm}")
-        if int(frame_px) < 32:
-            raise ValueError(f"frame_px must be >= 32, got {frame_px}")
-        self.stage = stage
+        super().__init__(stage, name=name, pixel_size_nm=pixel_size_nm, frame_px=frame_px, clock=clock, sleep=sleep)
         self.camera = camera
-        self.name = str(name)
-        self.pixel_size_nm = float(pixel_size_nm)
-        self.frame_px = int(frame_px)
-        self._clock = clock
-        self._sleep = sleep
-
-    def move_to(self, target: StagePosition) -> None:
-        self.stage.move_to(target)
-
-    def position(self) -> StagePosition:
-        return self.stage.position()
 
     def acquire(self) -> np.ndarray:
         image = np.asarray(self.camera())
@@ -299,18 +274,6 @@ class PyJEMMicroscope:
             raise PyJEMError(f"camera returned an image of shape {image.shape}, expected "
                              f"({self.frame_px}, {self.frame_px})")
         return image
-
-    def wait(self, seconds: float) -> None:
-        if not seconds >= 0:
-            raise ValueError(f"wait time must be >= 0 s, got {seconds}")
-        self._sleep(float(seconds))
-
-    def time_s(self) -> float:
-        return float(self._clock())
-
-    def stop(self) -> None:
-        """Stop the stage where it is."""
-        self.stage.stop()
 
     def close(self) -> None:
         """Leave the stage where it is; PyJEM holds no connection to release."""

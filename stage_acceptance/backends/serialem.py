@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..geometry import StagePosition
-from ..microscope import BackendError, MoveRefused
+from ..microscope import BackendError, MoveRefused, ReadbackStage, StageAndCamera
 
 if TYPE_CHECKING:
     from ..config import MicroscopeConfig
@@ -236,7 +236,7 @@ class SerialEMLink:
             self._lock.release()
 
 
-class SerialEMStage:
+class SerialEMStage(ReadbackStage):
     """Confirmed moves of a stage SerialEM drives.
 
     x, y and z go in one ``MoveStageTo`` (microns), alpha with ``TiltTo`` (degrees),
@@ -267,19 +267,10 @@ class SerialEMStage:
     def __init__(self, link: SerialEMLink, *, tolerance_nm: float = 50.0, tolerance_deg: float = 0.1,
                  move_timeout_s: float = 120.0, poll_s: float = 0.05, beta_axis: bool = False,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
-        for name, value in (("tolerance_nm", tolerance_nm), ("tolerance_deg", tolerance_deg),
-                            ("move_timeout_s", move_timeout_s), ("poll_s", poll_s)):
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"SerialEMStage {name} must be a finite number > 0, got {value}")
+        super().__init__(tolerance_nm=tolerance_nm, tolerance_deg=tolerance_deg, move_timeout_s=move_timeout_s,
+                         poll_s=poll_s, clock=clock, sleep=sleep)
         self.link = link
-        self.tolerance_nm = float(tolerance_nm)
-        self.tolerance_deg = float(tolerance_deg)
-        self.move_timeout_s = float(move_timeout_s)
-        self.poll_s = float(poll_s)
         self.beta_axis = bool(beta_axis)
-        self._clock = clock
-        self._sleep = sleep
-        self._stop_requested = threading.Event()
 
     def position(self) -> StagePosition:
         """``ReportStageXYZ`` (microns), ``ReportTiltAngle`` and ``ReportStageBAxis`` (degrees) in nm and degrees.
@@ -445,7 +436,7 @@ class SerialEMCamera:
         return image
 
 
-class SerialEMMicroscope:
+class SerialEMMicroscope(StageAndCamera):
     """A :class:`~stage_acceptance.microscope.Microscope` that SerialEM drives.
 
     The image shift (``ReportImageShift``) is read when the microscope is opened and
@@ -474,20 +465,11 @@ class SerialEMMicroscope:
     def __init__(self, stage: SerialEMStage, camera: SerialEMCamera, *, name: str, pixel_size_nm: float,
                  frame_px: int, image_shift_tolerance_nm: float = 5.0, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep):
-        if not (math.isfinite(pixel_size_nm) and pixel_size_nm > 0):
-            raise ValueError(f"pixel_size_nm must be a finite number > 0, got {pixel_size_nm}")
-        if int(frame_px) < 32:
-            raise ValueError(f"frame_px must be >= 32, got {frame_px}")
+        super().__init__(stage, name=name, pixel_size_nm=pixel_size_nm, frame_px=frame_px, clock=clock, sleep=sleep)
         if not (math.isfinite(image_shift_tolerance_nm) and image_shift_tolerance_nm > 0):
             raise ValueError(f"image_shift_tolerance_nm must be a finite number > 0, got {image_shift_tolerance_nm}")
-        self.stage = stage
         self.camera = camera
-        self.name = str(name)
-        self.pixel_size_nm = float(pixel_size_nm)
-        self.frame_px = int(frame_px)
         self.image_shift_tolerance_nm = float(image_shift_tolerance_nm)
-        self._clock = clock
-        self._sleep = sleep
         self.image_shift_at_start = self._image_shift()
         """``(IS x, IS y, stage x nm, stage y nm)``: the image shift when the microscope was opened."""
 
@@ -517,27 +499,9 @@ class SerialEMMicroscope:
         """Refuse a target the stage cannot reach (:meth:`SerialEMStage.check_target`)."""
         self.stage.check_target(target)
 
-    def move_to(self, target: StagePosition) -> None:
-        self.stage.move_to(target)
-
-    def position(self) -> StagePosition:
-        return self.stage.position()
-
     def acquire(self) -> np.ndarray:
         self._check_image_shift()
         return self.camera.acquire()
-
-    def wait(self, seconds: float) -> None:
-        if not seconds >= 0:
-            raise ValueError(f"wait time must be >= 0 s, got {seconds}")
-        self._sleep(float(seconds))
-
-    def time_s(self) -> float:
-        return float(self._clock())
-
-    def stop(self) -> None:
-        """Stop the backend: the move under way ends with an error, nothing more is sent."""
-        self.stage.stop()
 
     def close(self) -> None:
         """Leave the stage where it is and give SerialEM back to its user (``Exit(1)``)."""
