@@ -777,17 +777,30 @@ def _decode(raw: bytes, path: Path) -> str:
     return text
 
 
-def _read_toml(path: Path) -> dict:
-    """Parse a TOML file of at most :data:`MAX_FILE_BYTES`; every failure is a one-line ConfigError."""
+def read_bounded(path: Path, limit: int, too_large: str) -> bytes:
+    """The bytes of a file of at most `limit` bytes, read without reading more.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file: missing, unreadable, or larger than `limit`
+        (``"<path>: larger than <limit> bytes<too_large>"``).
+    """
     try:
         with open(path, "rb") as handle:
-            raw = handle.read(MAX_FILE_BYTES + 1)
+            raw = handle.read(limit + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES} bytes (1 MiB); a config file is a few kB")
+    if len(raw) > limit:
+        raise ConfigError(f"{path}: larger than {limit} bytes{too_large}")
+    return raw
+
+
+def _read_toml(path: Path) -> dict:
+    """Parse a TOML file of at most :data:`MAX_FILE_BYTES`; every failure is a one-line ConfigError."""
+    raw = read_bounded(path, MAX_FILE_BYTES, " (1 MiB); a config file is a few kB")
     text = _decode(raw, path)
     try:
         return tomllib.loads(text)

@@ -20,7 +20,8 @@ from .analysis import AXIS_NAMES, Analysis
 from .baseline import COMPARED_METRICS, Comparison, MetricChange
 from .certification import (PAIR_LABELS, VERDICTS, Certificate, Check, Verdict, format_interval, format_limit,
                             format_value)
-from .config import CASES, ConfigError, schema_problem
+from .config import CASES, ConfigError, read_bounded, schema_problem
+from .session import load_json_strict
 from .figures import png_base64
 from .montage import rms_by
 
@@ -362,25 +363,13 @@ def read_results(path: str | Path) -> dict:
         or with a value of the wrong type or out of bounds.
     """
     path = Path(path)
+    raw = read_bounded(path, MAX_RESULTS_BYTES, "; not a results JSON")
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_RESULTS_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    if len(raw) > MAX_RESULTS_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_RESULTS_BYTES} bytes; not a results JSON")
-
-    def reject(constant):
-        raise ValueError(f"{constant} is not valid JSON")
-
-    try:
-        document = json.loads(raw.decode("utf-8"), parse_constant=reject)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: not a results JSON: nested too deeply") from None
+    try:
+        document = load_json_strict(text)
     except ValueError as exc:
         raise ConfigError(f"{path}: not valid JSON: {str(exc)[:120]}") from None
     if not isinstance(document, dict):

@@ -254,7 +254,7 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _load_json_strict(text: str):
+def load_json_strict(text: str):
     """json.loads that rejects NaN and Infinity (not JSON), and deep nesting, as ValueError."""
 
     def reject(constant):
@@ -363,7 +363,7 @@ def read_recording(directory: str | Path) -> Session:
         if not path.is_file():
             raise RecordingError(f"{path}: missing (a recording-v1 folder needs session.json and frames.jsonl)")
     try:
-        meta = _load_json_strict(_read_text(session_path, MAX_SESSION_JSON_BYTES))
+        meta = load_json_strict(_read_text(session_path, MAX_SESSION_JSON_BYTES))
     except ValueError as exc:
         if isinstance(exc, RecordingError):
             raise
@@ -389,7 +389,7 @@ def read_recording(directory: str | Path) -> Session:
         if len(line) > MAX_LINE_BYTES:
             raise RecordingError(f"{where}: line of {len(line)} characters, more than {MAX_LINE_BYTES}")
         try:
-            record = _load_json_strict(line)
+            record = load_json_strict(line)
         except ValueError as exc:
             if line_no == len(lines) and frames:
                 incomplete = (f"{where}: the last line is torn (a run stopped while writing it); read up to "

@@ -94,3 +94,16 @@ def _no_history_from_the_environment(monkeypatch):
     from stage_acceptance.history import HISTORY_ENV
 
     monkeypatch.delenv(HISTORY_ENV, raising=False)
+
+
+class FakeClock:
+    """A clock that advances only when slept."""
+
+    def __init__(self):
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def sleep(self, seconds: float) -> None:
+        self.now_s += seconds

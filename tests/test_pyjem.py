@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import pyjem_standin
+from conftest import FakeClock
 from stage_acceptance.acceptance import AcceptanceRun
 from stage_acceptance.backends.pyjem import (PyJEMError, PyJEMMicroscope, PyJEMStage, detector_camera, load_stage3,
                                              open_pyjem, python_camera)
@@ -20,19 +21,6 @@ from stage_acceptance.protocols import FAMILIES
 from stage_acceptance.geometry import StagePosition
 from stage_acceptance.remote.protocol import decode_reply, encode_request
 from stage_acceptance.remote.server import Handler
-
-
-class FakeClock:
-    """A clock that advances only when slept."""
-
-    def __init__(self):
-        self.now_s = 0.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-    def sleep(self, seconds: float) -> None:
-        self.now_s += seconds
 
 
 def make_stage(stand_in, **options):

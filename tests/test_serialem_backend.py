@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import FakeClock
 from stage_acceptance.acceptance import AcceptanceRun
 from stage_acceptance.backends.serialem import (NOT_INSTALLED, SerialEMCamera, SerialEMError, SerialEMLink,
                                                 SerialEMStage, load_serialem, open_serialem)
@@ -27,19 +28,6 @@ from stage_acceptance.remote.server import Handler
 TESTS = Path(__file__).parent
 STANDINS = TESTS / "standins"
 STANDIN_CONFIG = TESTS / "configs" / "serialem-standin.toml"
-
-
-class FakeClock:
-    """A clock that advances only when slept."""
-
-    def __init__(self):
-        self.now_s = 0.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-    def sleep(self, seconds: float) -> None:
-        self.now_s += seconds
 
 
 @pytest.fixture
