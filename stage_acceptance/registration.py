@@ -816,14 +816,11 @@ def _interpolated_peak(pair, lag):
     9 x 9 grid of quarter pixels around it, computed from the cross-power spectrum by
     matrix products (an upsampled DFT; Guizar-Sicairos et al. 2008)."""
     grid = pair.grid
-    offsets = np.arange(-4, 5) * 0.25
+    offsets = _UPSAMPLED_OFFSETS_PX
     ys, xs = lag[0] + offsets, lag[1] + offsets
-    fy = grid.ky[grid.search_rows]
-    fx = grid.kx[:pair.cross.shape[1]]
-    weight = np.full(fx.size, 2.0, dtype=np.float32)
-    weight[0] = 1.0
-    rows = np.exp(1j * np.multiply.outer(ys, fy)).astype(np.complex64)
-    cols = (np.exp(1j * np.multiply.outer(fx, xs)) * weight[:, None]).astype(np.complex64)
+    fy, fx, row_steps, col_steps = _upsampling_factors(grid.shape)
+    rows = np.exp(1j * lag[0] * fy).astype(np.complex64) * row_steps
+    cols = np.exp(1j * lag[1] * fx).astype(np.complex64)[:, None] * col_steps
     values = ((rows @ pair.cross) @ cols).real
     i, j = np.unravel_index(np.argmax(values), values.shape)
     i, j = min(max(i, 1), 7), min(max(j, 1), 7)
@@ -831,6 +828,26 @@ def _interpolated_peak(pair, lag):
     dx = _vertex(values[i, j - 1], values[i, j], values[i, j + 1], gaussian=False)
     h, w = grid.shape
     return (ys[i] + 0.25 * dy) % h, (xs[j] + 0.25 * dx) % w
+
+
+_UPSAMPLED_OFFSETS_PX = np.arange(-4, 5) * 0.25
+
+
+@lru_cache(maxsize=8)
+def _upsampling_factors(shape):
+    """Angular frequencies (rad/px) of the search spectrum's rows and columns, and the
+    factors of the upsampled DFT for :data:`_UPSAMPLED_OFFSETS_PX` around a lag (the
+    columns weighted 2, but the first, for the half spectrum)."""
+    grid = _grid(shape)
+    fy = grid.ky[grid.search_rows]
+    fx = grid.kx[:grid.search_shape[1] // 2 + 1]
+    weight = np.full(fx.size, 2.0)
+    weight[0] = 1.0
+    row_steps = np.exp(1j * np.multiply.outer(_UPSAMPLED_OFFSETS_PX, fy)).astype(np.complex64)
+    col_steps = (np.exp(1j * np.multiply.outer(fx, _UPSAMPLED_OFFSETS_PX)) * weight[:, None]).astype(np.complex64)
+    for array in (fy, fx, row_steps, col_steps):
+        array.setflags(write=False)
+    return fy, fx, row_steps, col_steps
 
 
 def _vertex(minus, centre, plus, gaussian=True):
@@ -1118,7 +1135,7 @@ def _pearson(a, b):
 
 def _sum(a):
     """Sum of a 2-D float32 array (a strided block too), as a float."""
-    return float((a @ np.ones(a.shape[1], dtype=a.dtype)).sum(dtype=np.float64)) if a.size else 0.0
+    return float(np.vecdot(a, np.ones(a.shape[1], dtype=a.dtype)).sum(dtype=np.float64)) if a.size else 0.0
 
 
 def _weakest_part_significance(pair, shift):
