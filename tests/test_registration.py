@@ -157,6 +157,21 @@ def test_rms_error_at_dose_20_is_below_five_hundredths_of_a_pixel():
     assert rms <= 0.05
 
 
+def test_a_particle_in_one_frame_only_does_not_pull_the_shift():
+    # a bright particle (contamination, a moving nanoparticle) 10x the specimen's
+    # contrast in the middle of the overlap of the moving frame only: the refinement's
+    # robust last step limits its differences (0.14 px RMS without it)
+    errors = []
+    for seed in range(8):
+        shift = np.random.default_rng(seed).uniform(-40.0, 40.0, 2)
+        reference, moving = image_pair(shift, shape=(256, 256), dose=20.0, seed=seed)
+        moving = moving + bright_spot((256, 256), 128 + shift[0] / 2, 128 + shift[1] / 2, counts=200.0, sigma=3.0)
+        result = register(reference, moving)
+        assert result.ok, result.reason
+        errors.append(result.shift_px - shift)
+    assert np.sqrt(np.mean(np.sum(np.square(errors), axis=1))) <= 0.08
+
+
 def test_noise_free_pairs_are_registered_to_a_few_thousandths_of_a_pixel():
     for seed, shift in enumerate([(0.5, -0.5), (12.25, 3.75), (-30.1, 41.9)]):
         result = register(*image_pair(shift, shape=(128, 160), dose=None, seed=seed))
