@@ -622,10 +622,26 @@ def test_waits_beyond_the_server_limit_are_refused_and_the_client_sends_them_in_
     client.wait(0.5)  # 0.2 + 0.2 + 0.1
     assert math.isclose(client.time_s(), 0.5)
     client.max_wait_s = 1e-6  # as a careless server might say
-    with pytest.raises(RemoteError, match=r"a wait of 1 s needs more than 1000 waits of the server's max_wait_s"):
+    with pytest.raises(RemoteError, match=r"a wait of 1 s needs more than 1000 waits of the server's max_wait_s = 1e-06 s"):
         client.wait(1.0)
     assert math.isclose(client.time_s(), 0.5)  # nothing was sent
     client.close()
+
+
+def test_a_wait_longer_than_the_reply_timeout_is_sent_in_parts(in_process_server):
+    # a real instrument waits in real time: a 1 s dwell with a 0.4 s reply timeout is
+    # sent as waits of at most 0.2 s, each answered in time
+    backend = Sleeper()
+    client = RemoteMicroscope(in_process_server(backend), 0.4)
+    try:
+        client.wait(1.0)
+        assert math.isclose(client.time_s(), 1.0)
+        with pytest.raises(RemoteError, match=r"a wait of 500 s needs more than 1000 waits of half the reply "
+                                              r"timeout timeout_s = 0.2 s"):
+            client.wait(500.0)
+        assert math.isclose(client.time_s(), 1.0)  # nothing was sent
+    finally:
+        client.close()
 
 
 def test_log_lines_from_the_loop_and_the_worker_are_whole(in_process_server):

@@ -247,15 +247,19 @@ class RemoteMicroscope:
     def wait(self, seconds: float) -> None:
         """Let `seconds` of instrument time pass.
 
-        A wait longer than the server's ``max_wait_s`` is sent in parts.
+        The wait is sent in parts of at most the server's ``max_wait_s`` and half the
+        reply timeout: a real instrument waits in real time, and each part must be
+        answered within ``timeout_s``.
         """
         seconds = float(seconds)
         if not (math.isfinite(seconds) and seconds >= 0):
             raise ValueError(f"wait time must be a finite number >= 0 s, got {seconds}")
-        part_s = self.max_wait_s or seconds
+        part_s = min(self.max_wait_s or math.inf, self.timeout_s / 2)
         if seconds > MAX_WAIT_PARTS * part_s:
+            which = ("the server's max_wait_s" if self.max_wait_s is not None and self.max_wait_s <= self.timeout_s / 2
+                     else "half the reply timeout timeout_s")
             raise RemoteError(f"remote microscope at {self.endpoint}: a wait of {seconds:g} s needs more than "
-                              f"{MAX_WAIT_PARTS} waits of the server's max_wait_s = {part_s:g} s")
+                              f"{MAX_WAIT_PARTS} waits of {which} = {part_s:g} s")
         while True:
             step_s = min(seconds, part_s)
             self._request("wait", {"seconds": step_s})
