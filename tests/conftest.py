@@ -25,6 +25,13 @@ SERIALEM_DATA = Path(__file__).parent / "data" / "serialem-nist-titan"
 
 pytest_plugins = ["pytester"]
 
+# These tests start some 30 pytest and command-line subprocesses, and each one imports
+# and assertion-rewrites the pytest plugins (pytest-html, hypothesis, xdist, this
+# project) again when Python may not cache bytecode: about 1.3 s of compiling per
+# process. Caching changes nothing else, so the subprocesses (and the xdist workers,
+# started after this file is read) may cache it, whatever the environment says.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 # Loaded once here: pytester restores sys.modules after each of its tests, and importing
 # SQLAlchemy's PostgreSQL dialect (through Alembic) a second time warns.
 importlib.import_module("alembic.command")
