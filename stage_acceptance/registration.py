@@ -78,6 +78,9 @@ DEFAULT_MIN_CONFIDENCE = 0.1
 Low on purpose: a low-contrast specimen at a low dose gives ``r`` of 0.2 for a
 certain match. Whether a peak is real is decided by the significance tests."""
 
+DEFAULT_MIN_OVERLAP = 0.1
+"""Default smallest overlap of a candidate shift, as a fraction of the frame area."""
+
 DEFAULT_UPSAMPLE = 1000
 """Default sub-pixel resolution, 1/1000 px (see ``upsample`` of :func:`register_prepared`)."""
 
@@ -248,7 +251,7 @@ def register(
     *,
     prior_shift_px=None,
     search_radius_px=None,
-    min_overlap=0.1,
+    min_overlap=DEFAULT_MIN_OVERLAP,
     min_confidence=DEFAULT_MIN_CONFIDENCE,
     upsample=DEFAULT_UPSAMPLE,
     workers: int = 1,
@@ -301,7 +304,7 @@ def register_prepared(
     *,
     prior_shift_px=None,
     search_radius_px=None,
-    min_overlap=0.1,
+    min_overlap=DEFAULT_MIN_OVERLAP,
     min_confidence=DEFAULT_MIN_CONFIDENCE,
     upsample=DEFAULT_UPSAMPLE,
     workers: int = 1,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -161,6 +161,16 @@ def predicted_shift_px(delta_nm: np.ndarray, pixel_size_nm: float, transform: St
     return stage_nm_to_image_px(delta_nm, pixel_size_nm, transform)
 
 
+def predicted_overlap(shift_px, shape) -> float | None:
+    """Fraction of a frame of `shape` ``(rows, columns)`` that overlaps the next one
+    displaced by `shift_px` ``(column, row)`` (None when either is unknown)."""
+    if shift_px is None or shape is None:
+        return None
+    rows, columns = shape
+    dx, dy = np.abs(np.asarray(shift_px, dtype=float))
+    return float(max(columns - dx, 0.0) * max(rows - dy, 0.0) / (rows * columns))
+
+
 @dataclass(frozen=True)
 class _Unusable:
     """A frame that cannot be registered, and why (one line)."""
@@ -248,9 +258,15 @@ def register_all(session: Session, pairs, transform: StageToImage | None, *, job
             result = register(a, b, prior_shift_px=prior)
             if pair in central and registration.central_region_shape(a.shape) != tuple(a.shape):
                 result = registration.register_central(a, b, coarse_shift_px=result.shift_px)
-            return result
         except ValueError as exc:
             return unregistered(_one_line(exc))
+        overlap = predicted_overlap(prior, session.frame_shape)
+        if not result.ok and overlap is not None and overlap < registration.DEFAULT_MIN_OVERLAP:
+            # e.g. a long move between two protocols: say why the frames cannot match
+            result = replace(result, reason=f"{result.reason}; the reported move leaves {overlap:.0%} of the "
+                                            f"frame overlapping (at least {registration.DEFAULT_MIN_OVERLAP:.0%} "
+                                            "is needed)")
+        return result
 
     batch = max(8, 4 * jobs)
     pool = ThreadPoolExecutor(max_workers=jobs) if jobs > 1 else None

@@ -243,6 +243,31 @@ def test_parallel_registration_gives_the_serial_result(tmp_path):
     assert {r.ok for r in parallel.values()} == {True, False}  # far pairs do not overlap: both paths compared
 
 
+def test_a_pair_the_reported_move_leaves_without_overlap_says_so(tmp_path):
+    import re
+
+    from conftest import CONFIGS, record_sim
+    from stage_acceptance.config import load_microscope
+    from stage_acceptance.registry import predicted_overlap, predicted_shift_px, register_all
+
+    session, _ = record_sim(load_microscope(CONFIGS / "case-b.toml"), tmp_path, protocols=("cross",))
+    pairs = [(0, i) for i in range(1, len(session.frames))]
+    results = register_all(session, pairs, session.stage_to_image, jobs=1)
+    reported = session.reported_nm()[:, :2]
+    said = 0
+    for (ref, mov), result in results.items():
+        prior = predicted_shift_px(reported[mov] - reported[ref], session.pixel_size_nm, session.stage_to_image)
+        overlap = predicted_overlap(prior, session.frame_shape)
+        match = re.search(r"the reported move leaves (\d+)% of the frame overlapping \(at least 10% is needed\)",
+                          result.reason)
+        if result.ok or overlap >= 0.1:
+            assert match is None, result.reason
+        else:
+            assert match and int(match.group(1)) == round(100 * overlap), result.reason
+            said += 1
+    assert said >= 2  # the far ends of the cross
+
+
 def test_each_frame_is_prepared_once_and_released_after_its_last_pair(tmp_path):
     from conftest import CONFIGS, record_sim
     from stage_acceptance import registration
