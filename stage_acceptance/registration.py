@@ -166,7 +166,7 @@ def unregistered(reason: str) -> Registration:
 
 @dataclass(frozen=True, eq=False)
 class PreparedFrame:
-    """One image, checked, normalised and transformed once for any number of registrations.
+    """One image, checked, converted and transformed once for any number of registrations.
 
     Made by :func:`prepare_frame`; read by :func:`register_prepared`. Every array is
     read-only. About 3.3 times the memory of the image in float32
@@ -214,7 +214,7 @@ class PreparedFrame:
 
 
 def prepare_frame(image, *, workers: int = 1) -> PreparedFrame:
-    """Check, normalise and transform one image once, for any number of registrations.
+    """Check, convert and transform one image once, for any number of registrations.
 
     Parameters
     ----------
@@ -451,7 +451,7 @@ def register_central(reference: PreparedFrame, moving: PreparedFrame, *, coarse_
     Parameters
     ----------
     reference, moving : PreparedFrame
-        Two frames of the same shape (their normalised images are cropped).
+        Two frames of the same shape (their images, less the mean, are cropped).
     coarse_shift_px : array_like, shape (2,), optional
         An estimate of the displacement ``(column, row)``, e.g. the whole-frame
         registration; also the prior of the search. Without it (or when not finite)
