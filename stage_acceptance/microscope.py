@@ -90,6 +90,11 @@ class ReadbackStage:
         self._sleep = sleep
         self._stop_requested = threading.Event()
 
+    @property
+    def max_move_s(self) -> float:
+        """The longest one move may take: every axis up to ``move_timeout_s``."""
+        return len(AXES) * self.move_timeout_s
+
 
 class StageAndCamera:
     """Base of a real :class:`Microscope` made of a :class:`ReadbackStage` and a camera.
@@ -133,6 +138,11 @@ class StageAndCamera:
     def stop(self) -> None:
         """Stop the stage (:meth:`ReadbackStage.stop` of the backend)."""
         self.stage.stop()
+
+    @property
+    def max_move_s(self) -> float | None:
+        """The longest one move may take (:attr:`ReadbackStage.max_move_s`), if the stage says."""
+        return getattr(self.stage, "max_move_s", None)
 
 
 class Envelope:

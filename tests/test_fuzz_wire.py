@@ -305,6 +305,7 @@ DESCRIBE_KEYS = st.fixed_dictionaries({}, optional={
     "limits": st.just({key: [-1.0, 1.0] for key in LIMITS}) | st.dictionaries(
         st.sampled_from(sorted(LIMITS) + ["w_nm"]), st.lists(NASTY_NUMBERS, max_size=3) | JSON_VALUES, max_size=6),
     "max_wait_s": NASTY_NUMBERS | JSON_VALUES,
+    "max_move_s": NASTY_NUMBERS | JSON_VALUES,
     "holder": JSON_VALUES,
     "stage_to_image": st.fixed_dictionaries({"rotation_deg": NASTY_NUMBERS}) | JSON_VALUES,
     "protocol": st.dictionaries(st.sampled_from(["steps", "step_nm", "settle_s", "stride"]), NASTY_NUMBERS,
@@ -360,5 +361,6 @@ def test_the_client_takes_only_a_sound_describe(hostile_server, result):
         for low, high in client.limits.values():
             assert math.isfinite(low) and math.isfinite(high) and low <= high
         assert client.max_wait_s is None or (math.isfinite(client.max_wait_s) and client.max_wait_s > 0)
+        assert client.max_move_s is None or 0 < client.max_move_s <= 86400.0
     finally:
         client.close()

@@ -20,6 +20,7 @@ from stage_acceptance.config import ConfigError, load_holder, load_microscope
 from stage_acceptance.protocols import FAMILIES
 from stage_acceptance.geometry import StagePosition
 from stage_acceptance.remote.protocol import decode_reply, encode_request
+from stage_acceptance.remote.client import RemoteMicroscope
 from stage_acceptance.remote.server import Handler
 
 
@@ -206,6 +207,9 @@ def test_serve_a_pyjem_microscope_and_certify_it_remotely(tmp_path, monkeypatch)
         assert run.outputs.html.name.startswith("jeol-standin-") and run.holder.key == "jeol-double-tilt"
         session = run.session(FAMILIES["certification"])
         run.evaluate()
+        client = RemoteMicroscope(f"tcp://127.0.0.1:{port}", 5.0)
+        assert client.max_move_s == 5 * 120.0  # every axis may take move_timeout_s: the client waits as long
+        client.close()
     finally:
         stop_server(process)
     assert session.pixel_size_nm == 15.0 and session.image(0).shape == (128, 128)

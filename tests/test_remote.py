@@ -208,6 +208,16 @@ def test_bad_optional_describe_keys_are_named():
         _served_settings({"holder": 3})
 
 
+def test_bad_announced_times_are_named():
+    from stage_acceptance.remote.client import _optional_seconds
+
+    assert _optional_seconds({}, "max_move_s", 86400.0) is None
+    assert _optional_seconds({"max_move_s": 600}, "max_move_s", 86400.0) == 600.0
+    for value in (0, -1.0, 1e9, "600", True, None, [600]):
+        with pytest.raises(ValueError, match=r"key 'max_move_s' has bad value .*: must be a finite number > 0"):
+            _optional_seconds({"max_move_s": value}, "max_move_s", 86400.0)
+
+
 def test_tcp_string_is_a_remote_config_with_defaults():
     config = load_microscope("tcp://127.0.0.1:6000")
     assert config.kind == "remote" and config.remote.endpoint == "tcp://127.0.0.1:6000"
@@ -640,6 +650,36 @@ def test_a_wait_longer_than_the_reply_timeout_is_sent_in_parts(in_process_server
                                               r"timeout timeout_s = 0.2 s"):
             client.wait(500.0)
         assert math.isclose(client.time_s(), 1.0)  # nothing was sent
+    finally:
+        client.close()
+
+
+class LongMover(Sleeper):
+    """A real stage whose moves take 0.5 s and which says a move may take up to 1 s."""
+
+    max_move_s = 1.0
+
+    def move_to(self, target):
+        time.sleep(0.5)
+        self.moves.append(target)
+
+
+def test_the_client_waits_for_a_move_as_long_as_the_server_says_a_move_may_take(in_process_server):
+    client = RemoteMicroscope(in_process_server(LongMover()), 0.2)
+    try:
+        assert client.max_move_s == 1.0
+        client.move_to(StagePosition(x_nm=100.0))  # 0.5 s: beyond timeout_s, within timeout_s + max_move_s
+        assert client.position() == StagePosition()  # LongMover reports the origin; the call went through
+    finally:
+        client.close()
+    # a server that does not say how long a move takes gets timeout_s, as any call
+    slow = LongMover()
+    slow.max_move_s = None
+    client = RemoteMicroscope(in_process_server(slow), 0.2)
+    try:
+        assert client.max_move_s is None
+        with pytest.raises(RemoteError, match=r"no reply to 'move_to' within 0.2 s"):
+            client.move_to(StagePosition(x_nm=100.0))
     finally:
         client.close()
 

@@ -24,6 +24,8 @@ from .protocol import (MAX_MESSAGE_BYTES, ProtocolError, decode_reply, encode_re
 
 MAX_WAIT_PARTS = 1000
 """Most parts a wait longer than the server's ``max_wait_s`` is sent in."""
+MAX_MOVE_S = 86400.0
+"""Longest move time a server may announce (``max_move_s``): a day."""
 
 
 class RemoteError(RuntimeError):
@@ -89,17 +91,19 @@ def served_limits(info: dict) -> dict[str, tuple[float, float]]:
     return served
 
 
-def _max_wait_s(info: dict) -> float | None:
-    """The optional ``max_wait_s`` of a describe result (None if not given)."""
-    if "max_wait_s" not in info:
+def _optional_seconds(info: dict, key: str, most: float = math.inf) -> float | None:
+    """The optional time `key` (``max_wait_s``, ``max_move_s``) of a describe result, a
+    finite number in ``(0, most]`` (None if not given)."""
+    if key not in info:
         return None
-    value = info["max_wait_s"]
+    value = info[key]
     try:
-        seconds = finite_number(value, "max_wait_s")
+        seconds = finite_number(value, key)
     except ProtocolError:
         seconds = math.nan
-    if not seconds > 0:
-        raise ValueError(f"key 'max_wait_s' has bad value {shown(value)}: must be a finite number > 0")
+    if not 0 < seconds <= most:
+        bound = "" if math.isinf(most) else f" and at most {most:g}"
+        raise ValueError(f"key '{key}' has bad value {shown(value)}: must be a finite number > 0{bound}")
     return seconds
 
 
@@ -109,9 +113,10 @@ class RemoteMicroscope:
     ``name``, ``pixel_size_nm``, ``frame_px`` and ``limits`` (the travel limits the
     server enforces, per axis it names) come from the server's ``describe``, asked when
     the client is created, and so do the optional ``holder`` (a holder name),
-    ``protocol`` (``[protocol]`` keys), ``stage_to_image`` and ``max_wait_s`` (the
-    longest ``wait`` the server serves; longer waits are sent in parts) (None when the
-    server does not give them).
+    ``protocol`` (``[protocol]`` keys), ``stage_to_image``, ``max_wait_s`` (the
+    longest ``wait`` the server serves; longer waits are sent in parts) and
+    ``max_move_s`` (the longest a move may take on its stage: the client waits that much
+    longer for the reply to ``move_to``) (None when the server does not give them).
 
     Parameters
     ----------
@@ -158,7 +163,8 @@ class RemoteMicroscope:
                 raise ValueError(f"key 'frame_px' has bad value {shown(frame_px)}: must be a positive integer")
             self.frame_px = int(frame_px)
             self.limits = served_limits(info)
-            self.max_wait_s = _max_wait_s(info)
+            self.max_wait_s = _optional_seconds(info, "max_wait_s")
+            self.max_move_s = _optional_seconds(info, "max_move_s", MAX_MOVE_S)
             self.holder, self.protocol, self.stage_to_image = _served_settings(info)
         except KeyError as exc:
             self._release()
@@ -191,19 +197,28 @@ class RemoteMicroscope:
         socket.connect(self.endpoint)
         return socket
 
-    def _request(self, call: str, args: dict | None = None, *, want_image: bool = False):
-        """Send one call and return its checked result."""
+    def _request(self, call: str, args: dict | None = None, *, want_image: bool = False,
+                 extra_s: float = 0.0):
+        """Send one call and return its checked result; wait `extra_s` longer than
+        ``timeout_s`` for the reply."""
         if self._socket is None:
             raise RemoteError(f"remote microscope at {self.endpoint}: {call} after close()")
         request_id = next(self._ids)
+        timeout_s = self.timeout_s + extra_s
         try:
             self._socket.send_multipart(encode_request(request_id, call, args))
-            frames = self._socket.recv_multipart()
+            if extra_s:
+                self._socket.setsockopt(zmq.RCVTIMEO, max(1, int(timeout_s * 1000)))
+            try:
+                frames = self._socket.recv_multipart()
+            finally:
+                if extra_s:
+                    self._socket.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout_s * 1000)))
         except zmq.Again:
             self._answered = False
             self._connect()  # a fresh socket: the next call reaches a restarted server
             raise RemoteError(f"remote microscope at {self.endpoint}: no reply to '{call}' within "
-                              f"{self.timeout_s:g} s (server stopped, unreachable or refusing our keys)") from None
+                              f"{timeout_s:g} s (server stopped, unreachable or refusing our keys)") from None
         except zmq.ZMQError as exc:
             self._answered = False
             self._connect()
@@ -231,7 +246,8 @@ class RemoteMicroscope:
     # ------------------------------------------------------------------- Microscope
 
     def move_to(self, target: StagePosition) -> None:
-        self._request("move_to", {"target": position_to_wire(target)})
+        """Move the stage; the reply may take the server's ``max_move_s`` more than ``timeout_s``."""
+        self._request("move_to", {"target": position_to_wire(target)}, extra_s=self.max_move_s or 0.0)
 
     def position(self) -> StagePosition:
         result = self._request("position")

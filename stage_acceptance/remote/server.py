@@ -23,6 +23,7 @@ import dataclasses
 import heapq
 import ipaddress
 import itertools
+import math
 import queue
 import re
 import threading
@@ -86,7 +87,9 @@ def describe(microscope: Microscope, limits: dict[str, tuple[float, float]], set
 
     `settings` adds the optional keys (``holder``, ``protocol``, ``stage_to_image``)
     that a client without a config of its own uses (see :func:`served_settings`);
-    `max_wait_s`, if given, the optional key ``max_wait_s`` (longest ``wait`` served).
+    `max_wait_s`, if given, the optional key ``max_wait_s`` (longest ``wait`` served);
+    a microscope with a ``max_move_s`` (a real stage: the longest one move may take)
+    adds ``max_move_s``.
     """
     info = {
         "name": str(microscope.name),
@@ -97,6 +100,9 @@ def describe(microscope: Microscope, limits: dict[str, tuple[float, float]], set
     }
     if max_wait_s is not None:
         info["max_wait_s"] = float(max_wait_s)
+    max_move_s = getattr(microscope, "max_move_s", None)
+    if isinstance(max_move_s, (int, float)) and math.isfinite(max_move_s) and max_move_s > 0:
+        info["max_move_s"] = float(max_move_s)
     info.update(settings or {})
     return info
 
