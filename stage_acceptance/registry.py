@@ -260,8 +260,10 @@ def register_all(session: Session, pairs, transform: StageToImage | None, *, job
                 result = registration.register_central(a, b, coarse_shift_px=result.shift_px)
         except ValueError as exc:
             return unregistered(_one_line(exc))
+        if result.ok:
+            return result
         overlap = predicted_overlap(prior, session.frame_shape)
-        if not result.ok and overlap is not None and overlap < registration.DEFAULT_MIN_OVERLAP:
+        if overlap is not None and overlap < registration.DEFAULT_MIN_OVERLAP:
             # e.g. a long move between two protocols: say why the frames cannot match
             result = replace(result, reason=f"{result.reason}; the reported move leaves {overlap:.0%} of the "
                                             f"frame overlapping (at least {registration.DEFAULT_MIN_OVERLAP:.0%} "
